@@ -1,0 +1,270 @@
+"""The encoder contract and registry.
+
+An encoder declares its contract in an :class:`EncoderSpec` (modality, output dim, pooling, default weights, code
+version) and implements three steps the runner calls without knowing which model it is:
+
+* :meth:`Encoder.load_input`: one manifest pointer -> one preprocessed sample (runs in decode workers);
+* :meth:`Encoder.collate`: samples -> a batch;
+* :meth:`Encoder.encode`: a batch -> ``(B, embed_dim)`` float32 on the CPU.
+
+Adding an encoder is one file under ``extract/encoders/`` with a builder decorated by :func:`register_encoder`,
+plus one import line in ``extract/encoders/__init__.py``. The builder takes ``weights`` (a local directory, a hub
+id, or ``"tiny-random"`` for a random-weights instance of the same architecture class built from a tiny config)
+and returns an :class:`Encoder` whose model loads lazily, so the fingerprint is known before any weights load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...cache_schema import Fingerprint
+from ..errors import ExtractError, WeightsError
+
+TINY_RANDOM = "tiny-random"
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What an encoder is, declared once beside its builder.
+
+    Args:
+        name: registry key (``dinov2-giant``).
+        modality: manifest modality it embeds by default (``xray``).
+        embed_dim: output dimension with the real weights.
+        pooling: how outputs become one vector (``cls``, ``masked-mean``).
+        default_weights: hub id used when ``--weights`` is not given (resolved offline from the local HF cache).
+        version: code version of the wrapper; bump it when the output semantics change (it keys the cache).
+        description: one line for ``--help`` and the README.
+    """
+
+    name: str
+    modality: str
+    embed_dim: int
+    pooling: str
+    default_weights: str = ""
+    version: str = "1"
+    description: str = ""
+
+
+class Encoder(ABC):
+    """A frozen large model behind the three-step contract. Subclasses build the model in :meth:`build_model`."""
+
+    spec: EncoderSpec
+
+    def __init__(self, spec: EncoderSpec, weights: str | None, device: str = "cpu", dtype: str = "auto"):
+        self.spec = spec
+        self.weights = weights or spec.default_weights
+        self.device = device
+        self.dtype_name = resolve_dtype_name(dtype, device)
+        self.embed_dim = spec.embed_dim
+        self._model: Any = None
+
+    # ----------------------------------------------------------- the contract
+    @abstractmethod
+    def build_model(self) -> Any:
+        """Load (or, for ``tiny-random``, construct) the model; called once, lazily."""
+
+    @abstractmethod
+    def load_input(self, pointer: Any) -> Any:
+        """Read and preprocess one sample; raise :class:`~adacomed.extract.errors.InputError` on bad input."""
+
+    @abstractmethod
+    def collate(self, samples: list[Any]) -> Any:
+        """Stack preprocessed samples into one batch."""
+
+    @abstractmethod
+    def forward(self, batch: Any) -> Any:
+        """Run the model on a batch already on the device; return ``(B, embed_dim)`` pooled outputs."""
+
+    @abstractmethod
+    def preprocessing(self) -> dict[str, Any]:
+        """Every preprocessing parameter that changes the output (goes into the fingerprint)."""
+
+    def weights_identity(self) -> str:
+        """Identity of the weights for the fingerprint (hub revision or file hashes)."""
+        return weights_identity(self.weights)
+
+    # --------------------------------------------------------------- helpers
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            self._model = self.build_model()
+        return self._model
+
+    def encode(self, batch: Any) -> Any:
+        """Forward under inference mode (autocast on GPU when a half dtype is asked); float32 CPU output."""
+        import torch
+
+        model = self.model
+        batch = to_device(batch, self.device)
+        with torch.inference_mode(), self.autocast():
+            out = self.forward(batch)
+        del model
+        return out.float().cpu()
+
+    def autocast(self) -> Any:
+        import torch
+
+        if self.device.startswith("cuda") and self.dtype_name in ("float16", "bfloat16"):
+            return torch.autocast("cuda", dtype=getattr(torch, self.dtype_name))
+        return contextlib.nullcontext()
+
+    def fingerprint(self, modality: str, input_hash: str, storage_dtype: str = "float16") -> Fingerprint:
+        return Fingerprint(
+            modality=modality,
+            encoder=self.spec.name,
+            encoder_version=self.spec.version,
+            weights=self.weights_identity(),
+            pooling=self.spec.pooling,
+            preprocessing=self.preprocessing(),
+            inference_dtype=self.dtype_name,
+            storage_dtype=storage_dtype,
+            dim=self.embed_dim,
+            input_hash=input_hash,
+        )
+
+
+def resolve_dtype_name(dtype: str, device: str) -> str:
+    """``auto`` is bfloat16 on CUDA and float32 elsewhere; names are torch dtype names."""
+    if dtype == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    aliases = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16", "float": "float32"}
+    name = aliases.get(dtype, dtype)
+    if name not in ("float32", "float16", "bfloat16"):
+        raise ExtractError(f"dtype {dtype!r} is not one of auto, float32, float16, bfloat16")
+    return name
+
+
+def to_device(batch: Any, device: str) -> Any:
+    if hasattr(batch, "to"):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+# ------------------------------------------------------------------ weights
+def _hash_cache_path() -> Path:
+    base = Path(os.environ.get("ADACOMED_HOME", Path.home() / ".cache" / "adacomed"))
+    return base / "file_hashes.json"
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered by (absolute path, size, mtime_ns) so multi-GB weights hash once."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    store = _hash_cache_path()
+    try:
+        known = json.loads(store.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        known = {}
+    if key in known:
+        return known[key]
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(16 << 20):
+            digest.update(chunk)
+    value = digest.hexdigest()
+    known[key] = value
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = store.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, store)
+    except OSError:
+        pass
+    return value
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".model", ".txt")
+
+
+def weights_identity(weights: str) -> str:
+    """``sha256:<...>`` over a local file or directory's weight/config files; ``hf:<id>@<revision>`` for hub ids."""
+    if weights.startswith(TINY_RANDOM):
+        return weights
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return "sha256:" + file_sha256(path)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+        if not files:
+            raise WeightsError(f"weights folder {path} holds no weight or config files ({', '.join(WEIGHT_SUFFIXES)})")
+        for file in files:
+            digest.update(f"{file.relative_to(path)}:{file_sha256(file)}\n".encode())
+        return "sha256:" + digest.hexdigest()
+    return f"hf:{weights}@{resolve_hub_revision(weights)}"
+
+
+def resolve_hub_revision(repo_id: str) -> str:
+    """The commit of a hub repo in the local HF cache (offline); ``unresolved`` if it is not cached."""
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        for repo in scan_cache_dir().repos:
+            if repo.repo_id == repo_id and repo.revisions:
+                return sorted(repo.revisions, key=lambda r: r.last_modified)[-1].commit_hash
+    except Exception:  # noqa: BLE001 - a missing or unreadable HF cache just means "unresolved"
+        pass
+    return "unresolved"
+
+
+# ------------------------------------------------------------------ registry
+EncoderBuilder = Callable[..., Encoder]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    spec: EncoderSpec
+    builder: EncoderBuilder
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_encoder(spec: EncoderSpec) -> Callable[[EncoderBuilder], EncoderBuilder]:
+    """Decorator: register a builder ``(weights, device, dtype, **options) -> Encoder`` under ``spec.name``."""
+
+    def decorate(builder: EncoderBuilder) -> EncoderBuilder:
+        if spec.name in _REGISTRY:
+            raise ValueError(f"encoder {spec.name!r} is already registered")
+        _REGISTRY[spec.name] = _Entry(spec, builder)
+        return builder
+
+    return decorate
+
+
+def list_encoders(modality: str | None = None) -> list[str]:
+    return sorted(n for n, e in _REGISTRY.items() if modality is None or e.spec.modality == modality)
+
+
+def get_spec(name: str) -> EncoderSpec:
+    try:
+        return _REGISTRY[name].spec
+    except KeyError:
+        raise ExtractError(f"unknown encoder {name!r}; registered: {list_encoders()}") from None
+
+
+def default_encoder(modality: str) -> str:
+    """The first encoder registered for a modality (the design's choice is registered first)."""
+    for name, entry in _REGISTRY.items():
+        if entry.spec.modality == modality:
+            return name
+    raise ExtractError(f"no encoder is registered for modality {modality!r}; registered: {list_encoders()}")
+
+
+def create_encoder(
+    name: str, weights: str | None = None, device: str = "cpu", dtype: str = "auto", **options: Any
+) -> Encoder:
+    """Build a registered encoder (model loads lazily on first use)."""
+    get_spec(name)
+    return _REGISTRY[name].builder(weights=weights, device=device, dtype=dtype, **options)

@@ -1,0 +1,32 @@
+"""Errors of stage one. Messages name the sample and the cause, never the content of a note or prompt."""
+
+
+class ExtractError(Exception):
+    """Base class for extraction errors."""
+
+
+class InputError(ExtractError):
+    """One sample's raw input cannot be used (unreadable file, empty note, wrong shape).
+
+    ``stage`` says where it failed (``read``, ``decode``, ``preprocess``, ``encode``, ``output``); ``reason`` is a
+    short description safe to log (no patient text).
+    """
+
+    def __init__(self, reason: str, stage: str = "read"):
+        super().__init__(reason)
+        self.reason = reason
+        self.stage = stage
+
+
+class SampleFailed(ExtractError):
+    """Raised with ``--on-error fail``: names the sample, the stage and the cause."""
+
+    def __init__(self, sample_id: str, stage: str, reason: str):
+        super().__init__(f"sample {sample_id!r} failed at {stage}: {reason}")
+        self.sample_id = sample_id
+        self.stage = stage
+        self.reason = reason
+
+
+class WeightsError(ExtractError):
+    """Weights cannot be found or loaded; the message says where it looked and how to point at them."""
