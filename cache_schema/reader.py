@@ -1,12 +1,12 @@
 """The public reader API: the only way stage two (or anyone) reads a cache.
 
-    from adacomed.cache_schema import open_cache
-    cache = open_cache("cache/", "xray")            # the one committed (xray, *) cache, or name the encoder
-    cache.ids, cache.dim, cache.dtype                 # sample ids in row order, output dim, stored dtype
-    cache.read_all()                                  # (N, D) numpy; a zero-copy memory map for one HDF5 shard
-    cache.read(["s001", "s007"])                      # rows for those ids, in that order
-    cache.torch(["s001"])                             # the same as a torch tensor
-    cache.errors()                                    # per-sample failures (sample_id, stage, reason)
+from adacomed.cache_schema import open_cache
+cache = open_cache("cache/", "xray")            # the one committed (xray, *) cache, or name the encoder
+cache.ids, cache.dim, cache.dtype                 # sample ids in row order, output dim, stored dtype
+cache.read_all()                                  # (N, D) numpy; a zero-copy memory map for one HDF5 shard
+cache.read(["s001", "s007"])                      # rows for those ids, in that order
+cache.torch(["s001"])                             # the same as a torch tensor
+cache.errors()                                    # per-sample failures (sample_id, stage, reason)
 """
 
 from __future__ import annotations
@@ -134,16 +134,16 @@ class EmbeddingCache:
             self.complete = False
         else:
             raise CacheIncomplete(f"cache {self.path} has no index.json (not finalised)")
-        self._records = [
-            json.loads((self.path / f).with_suffix(".json").read_text()) for f in files
-        ]
+        self._records = [json.loads((self.path / f).with_suffix(".json").read_text()) for f in files]
         self._shards = [ShardReader(self.path / f) for f in files]
         ids = [s.ids for s in self._shards]
         self.ids: np.ndarray = np.concatenate(ids) if ids else np.empty(0, dtype=object)
-        self._shard_of = np.concatenate([np.full(len(s.ids), i, dtype=np.int32) for i, s in enumerate(self._shards)]
-                                        or [np.empty(0, np.int32)])
-        self._row_of = np.concatenate([np.arange(len(s.ids), dtype=np.int64) for s in self._shards]
-                                      or [np.empty(0, np.int64)])
+        self._shard_of = np.concatenate(
+            [np.full(len(s.ids), i, dtype=np.int32) for i, s in enumerate(self._shards)] or [np.empty(0, np.int32)]
+        )
+        self._row_of = np.concatenate(
+            [np.arange(len(s.ids), dtype=np.int64) for s in self._shards] or [np.empty(0, np.int64)]
+        )
         self._position = {sid: i for i, sid in enumerate(self.ids.tolist())}
 
     # ----------------------------------------------------------- metadata
@@ -182,7 +182,7 @@ class EmbeddingCache:
         return int(self.shape("embeddings")[0])
 
     def dtype(self, array: str = "embeddings") -> np.dtype:
-        """The dtype reads return: the stored dtype, promoted if shards differ (float16 with a float32 overflow shard)."""
+        """The dtype reads return: the stored one, promoted if shards differ (a float32 overflow shard)."""
         dtypes = [s.dtype(array) for s in self._shards if array in s.array_names]
         return np.result_type(*dtypes) if dtypes else np.dtype(np.float32)
 
@@ -236,9 +236,7 @@ class EmbeddingCache:
     # -------------------------------------------------------------- errors
     def errors(self) -> pd.DataFrame:
         """Per-sample failures recorded by the writers: ``sample_id, stage, reason, shard``."""
-        rows = [
-            {**err, "shard": rec["shard"]} for rec in self._records for err in rec.get("errors", [])
-        ]
+        rows = [{**err, "shard": rec["shard"]} for rec in self._records for err in rec.get("errors", [])]
         return pd.DataFrame(rows, columns=["sample_id", "stage", "reason", "shard"])
 
     def plan(self) -> ShardPlan:

@@ -98,9 +98,7 @@ class ShardReader:
             with h5py.File(self.path, "r", locking=False) as f:
                 self.ids = np.asarray([s.decode() if isinstance(s, bytes) else s for s in f["ids"][...]], dtype=object)
                 self._layout = {
-                    name: (f[name].id.get_offset(), f[name].shape, f[name].dtype)
-                    for name in f
-                    if name != "ids"
+                    name: (f[name].id.get_offset(), f[name].shape, f[name].dtype) for name in f if name != "ids"
                 }
         else:
             table = pq.read_table(self.path)

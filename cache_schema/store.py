@@ -110,8 +110,12 @@ class CacheDir:
                 raise FingerprintMismatch(f"{fp_path} differs from the expected fingerprint:\n  " + "\n  ".join(lines))
         plan = make_plan(n_items, rows_per_shard)
         plan_path = self.path / "plan.json"
-        payload = {"n_shards": plan.n_shards, "rows_per_shard": plan.rows_per_shard, "n_items": n_items,
-                   "format": self.format}
+        payload = {
+            "n_shards": plan.n_shards,
+            "rows_per_shard": plan.rows_per_shard,
+            "n_items": n_items,
+            "format": self.format,
+        }
         if not write_json_once(plan_path, payload):
             existing = json.loads(plan_path.read_text())
             if existing["n_items"] != n_items:
@@ -165,9 +169,13 @@ class CacheDir:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         tmp = temp_name(final, self.tmp_dir)
         try:
-            write_shard_file(tmp, ids, arrays, self.format, attrs={"cache_key": self.fingerprint.key,
-                                                                   "shard": name,
-                                                                   "schema_version": CACHE_SCHEMA_VERSION})
+            write_shard_file(
+                tmp,
+                ids,
+                arrays,
+                self.format,
+                attrs={"cache_key": self.fingerprint.key, "shard": name, "schema_version": CACHE_SCHEMA_VERSION},
+            )
             checksum = file_checksum(tmp)
             size = tmp.stat().st_size
             os.replace(tmp, final)
@@ -271,9 +279,7 @@ class CacheDir:
             "bytes": sum(rec["bytes"] for rec in shards),
             "n_errors": sum(len(rec["errors"]) for rec in shards),
             "arrays_consistent": len(dims) <= 1,
-            "shards": [
-                {k: rec[k] for k in ("shard", "file", "rows", "bytes", "checksum", "arrays")} for rec in shards
-            ],
+            "shards": [{k: rec[k] for k in ("shard", "file", "rows", "bytes", "checksum", "arrays")} for rec in shards],
             "created_at": _now(),
         }
         atomic_write_json(self.path / "index.json", index)

@@ -1,0 +1,99 @@
+"""`adacomed-cache`: look at and check caches written by `adacomed-extract` (and the trainer's prepared inputs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import CacheError
+from .fingerprint import diff_fingerprints
+from .reader import EmbeddingCache, list_caches
+from .verify import verify_cache
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+
+
+def _resolve(path: Path) -> list[Path]:
+    """A cache folder itself, or every cache folder under a cache root."""
+    if (path / "fingerprint.json").exists():
+        return [path]
+    found = [c.path for c in list_caches(path)]
+    if not found:
+        raise typer.BadParameter(f"{path} is neither a cache folder nor a cache root holding any")
+    return found
+
+
+@app.command("ls")
+def ls(cache_root: Path = typer.Argument(..., help="Cache root folder.")) -> None:
+    """List every (modality, encoder, key) cache under a root with its status."""
+    table = Table(title=f"Caches under {cache_root}")
+    for column in ("modality", "encoder", "key", "status", "rows", "shards", "errors"):
+        table.add_column(column)
+    for c in list_caches(cache_root):
+        table.add_row(
+            c.modality,
+            c.encoder,
+            c.key,
+            c.status,
+            str(c.rows),
+            f"{c.n_shards_committed}/{c.n_shards_planned}",
+            str(c.n_errors),
+        )
+    console.print(table)
+
+
+@app.command()
+def info(path: Path = typer.Argument(..., help="A cache folder, or a root (shows every cache under it).")) -> None:
+    """Modality, encoder, rows, dim, dtype, fingerprint and per-sample errors of a cache."""
+    for folder in _resolve(path):
+        try:
+            cache = EmbeddingCache(folder, allow_partial=True)
+        except CacheError as exc:
+            console.print(f"[red]{folder}: {exc}[/red]")
+            continue
+        status = "complete" if cache.complete else "partial (not finalised)"
+        console.rule(f"{cache.modality} / {cache.encoder} / {cache.key}")
+        console.print(f"path: {folder}\nstatus: {status}\nrows: {len(cache)}")
+        for name in cache.array_names:
+            console.print(f"array {name}: per-sample shape {cache.shape(name)}, dtype {cache.dtype(name)}")
+        console.print("fingerprint:")
+        console.print_json(json.dumps(cache.fingerprint.to_dict()))
+        errors = cache.errors()
+        console.print(f"errors: {len(errors)}")
+        if len(errors):
+            table = Table("sample_id", "stage", "reason", "shard")
+            for row in errors.head(20).itertuples(index=False):
+                table.add_row(*map(str, row))
+            console.print(table)
+
+
+@app.command()
+def verify(path: Path = typer.Argument(..., help="A cache folder, or a root (verifies every cache).")) -> None:
+    """Re-hash every committed shard against its commit record; exit 1 naming each damaged shard."""
+    bad = 0
+    for folder in _resolve(path):
+        problems = verify_cache(folder)
+        damaged = [p for p in problems if "not finalised" not in p]
+        for problem in problems:
+            console.print(f"[red]{problem}[/red]" if problem in damaged else f"[yellow]{problem}[/yellow]")
+        if not damaged:
+            console.print(f"[green]ok[/green] {folder}")
+        bad += len(damaged)
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command()
+def diff(
+    a: Path = typer.Argument(..., help="Cache folder A."), b: Path = typer.Argument(..., help="Cache folder B.")
+) -> None:
+    """Show why two caches are different caches (their fingerprints, field by field)."""
+    fa = json.loads((a / "fingerprint.json").read_text())
+    fb = json.loads((b / "fingerprint.json").read_text())
+    lines = diff_fingerprints(fa, fb)
+    console.print("\n".join(lines) if lines else "identical fingerprints")

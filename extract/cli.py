@@ -1,0 +1,172 @@
+"""`adacomed-extract`: run one frozen large model over one modality of a manifest into the cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..cache_schema import CacheError
+from .encoders import get_spec, list_encoders
+from .errors import ExtractError, SampleFailed
+from .progress import sample_progress
+from .runner import ExtractConfig, RunSummary, plan_job, run_local, slurm_shard_index
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console(stderr=True)
+
+
+def _parse_options(pairs: list[str]) -> dict[str, object]:
+    options: dict[str, object] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise typer.BadParameter(f"--option expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        lowered = value.lower()
+        if lowered in ("true", "false"):
+            options[key] = lowered == "true"
+        else:
+            try:
+                options[key] = int(value)
+            except ValueError:
+                try:
+                    options[key] = float(value)
+                except ValueError:
+                    options[key] = value
+    return options
+
+
+def _print_encoders() -> None:
+    table = Table(title="Registered encoders")
+    for column in ("name", "modality", "dim", "pooling", "default weights", "description"):
+        table.add_column(column)
+    for name in list_encoders():
+        spec = get_spec(name)
+        table.add_row(
+            name,
+            spec.modality,
+            str(spec.embed_dim),
+            spec.pooling,
+            spec.default_weights or "(local only)",
+            spec.description,
+        )
+    Console().print(table)
+
+
+def _print_summary(summary: RunSummary) -> None:
+    table = Table(title="Extraction summary", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    computed = [r for r in summary.results if not r.skipped]
+    table.add_row("cache", str(summary.cache_path))
+    table.add_row("cache key", summary.cache_key)
+    table.add_row(
+        "shards",
+        f"{len(computed)} computed, {len(summary.results) - len(computed)} already committed, "
+        f"{summary.planned_shards} planned",
+    )
+    table.add_row("rows written", str(summary.rows_written))
+    table.add_row("samples failed", str(summary.errors))
+    rate = summary.rows_written / summary.seconds if summary.seconds else 0.0
+    table.add_row("time", f"{summary.seconds:.1f} s ({rate:,.1f} samples/s)")
+    table.add_row(
+        "status",
+        "complete (index.json written)"
+        if summary.finalized
+        else "this run's shards are done; other shards are still pending",
+    )
+    console.print(table)
+
+
+@app.command()
+def extract(
+    manifest: Path = typer.Option(None, "--manifest", "-m", help="Cohort manifest (Parquet) from adacomed-data."),
+    modality: str = typer.Option(None, "--modality", help="Manifest modality to embed (xray, notes, ct, ...)."),
+    cache: Path = typer.Option(None, "--cache", "-c", help="Cache root folder (created if absent)."),
+    encoder: str = typer.Option(None, "--encoder", "-e", help="Registered encoder; default: the modality's."),
+    weights: str = typer.Option(
+        None,
+        "--weights",
+        "-w",
+        help="Local weights folder/file, a hub id found in the local HF cache, or 'tiny-random' (tests, demo).",
+    ),
+    option: list[str] = typer.Option([], "--option", "-o", help="Encoder option key=value (repeatable)."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", help="Samples per forward pass."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, float16, bfloat16."),
+    num_workers: int = typer.Option(2, "--num-workers", help="Decode threads reading raw files ahead of the model."),
+    on_error: str = typer.Option("skip", "--on-error", help="skip: record bad samples and go on; fail: stop."),
+    storage_dtype: str = typer.Option("float16", "--storage-dtype", help="float16 (default) or float32 on disk."),
+    shard_format: str = typer.Option("h5", "--format", help="Shard format: h5 (default) or parquet."),
+    rows_per_shard: int = typer.Option(4096, "--rows-per-shard", help="Samples per shard file."),
+    num_shards: int = typer.Option(1, "--num-shards", help="Split the work into N parts (e.g. a SLURM array)."),
+    shard_index: int = typer.Option(
+        None, "--shard-index", help="Which part this process runs; default: $SLURM_ARRAY_TASK_ID or 0."
+    ),
+    executor: str = typer.Option("local", "--executor", help="local (this process) or dask."),
+    scheduler_address: str = typer.Option(None, "--scheduler-address", help="Existing dask scheduler (tcp://...)."),
+    dask_workers: int = typer.Option(2, "--dask-workers", help="Worker processes of the dask LocalCluster."),
+    list_encoders_flag: bool = typer.Option(False, "--list-encoders", help="List registered encoders and exit."),
+) -> None:
+    """Embed one modality of a cohort with a frozen large model; resumable, sharded, crash-safe."""
+    if list_encoders_flag:
+        _print_encoders()
+        raise typer.Exit(0)
+    missing = [
+        name
+        for name, value in (("--manifest", manifest), ("--modality", modality), ("--cache", cache))
+        if value is None
+    ]
+    if missing:
+        console.print(f"[red]error:[/red] missing {', '.join(missing)} (see --help)")
+        raise typer.Exit(2)
+    if executor not in ("local", "dask"):
+        console.print(f"[red]error:[/red] --executor {executor!r} is not one of local, dask")
+        raise typer.Exit(2)
+    try:
+        config = ExtractConfig(
+            manifest=manifest,
+            modality=modality,
+            cache=cache,
+            encoder=encoder,
+            weights=weights,
+            encoder_options=_parse_options(option),
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            num_workers=num_workers,
+            on_error=on_error,
+            storage_dtype=storage_dtype,
+            shard_format=shard_format,
+            rows_per_shard=rows_per_shard,
+            num_shards=num_shards,
+            shard_index=slurm_shard_index() if shard_index is None else shard_index,
+        )
+        job = plan_job(config)
+        console.print(
+            f"[bold]{config.encoder_name}[/bold] on [bold]{modality}[/bold]: {len(job.sorted_ids)} samples, "
+            f"{job.plan.n_shards} shard(s), cache {job.cache.path}"
+        )
+        with sample_progress(console) as progress:
+            if executor == "dask" or scheduler_address:
+                from .dask_executor import run_dask
+
+                summary = run_dask(job, scheduler_address, dask_workers, progress)
+            else:
+                summary = run_local(job, progress)
+    except SampleFailed as exc:
+        console.print(
+            f"[red]stopped:[/red] {exc}. Shards committed before it are kept; rerun with --on-error skip "
+            "to record such samples and go on."
+        )
+        raise typer.Exit(1) from None
+    except (ExtractError, CacheError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    _print_summary(summary)
+
+
+def main() -> None:
+    app()
