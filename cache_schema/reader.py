@@ -202,8 +202,9 @@ class EmbeddingCache:
 
     def positions(self, ids: Sequence[str] | Iterable[str]) -> np.ndarray:
         """Row positions of ids; KeyError naming the first id not in the cache."""
+        ids = ids if isinstance(ids, (list, tuple)) else list(ids)
         try:
-            return np.fromiter((self._position[i] for i in ids), dtype=np.int64)
+            return np.fromiter(map(self._position.__getitem__, ids), dtype=np.int64, count=len(ids))
         except KeyError as exc:
             raise KeyError(f"sample {exc.args[0]!r} is not in cache {self.path}") from None
 

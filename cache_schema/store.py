@@ -36,7 +36,7 @@ from .errors import CacheError, CorruptShard, FingerprintMismatch
 from .fingerprint import CACHE_SCHEMA_VERSION, Fingerprint, diff_fingerprints
 from .shards import FORMATS, ShardFormat, file_checksum, storage_array, write_shard_file
 
-DEFAULT_ROWS_PER_SHARD = 4096
+DEFAULT_ROWS_PER_SHARD = 32768  # ~64 MB at 1024-d float16; ~330 MB at 5120-d
 CLAIM_LEASE_SECONDS = 600.0
 
 

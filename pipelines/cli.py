@@ -1,0 +1,97 @@
+"""`adacomed-data`: build cohort manifests (demo, MMIST ccRCC, MIMIC-IV-MM, or your own table)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from ..cache_schema import CacheError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console(stderr=True)
+
+
+def _done(manifest: Path) -> None:
+    console.print(f"[green]manifest written:[/green] {manifest}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the synthetic cohort (created)."),
+    subjects: int = typer.Option(120, "--subjects", "-n", help="Number of synthetic subjects."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same bytes."),
+) -> None:
+    """A deterministic synthetic cohort with all six modalities and labels for all four tasks."""
+    from .demo import build_demo_cohort
+
+    _done(build_demo_cohort(out, subjects=subjects, seed=seed))
+
+
+@app.command()
+def mmist(
+    root: Path = typer.Option(..., "--root", help="The MMIST ccRCC release folder (holding Code/)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the manifest."),
+    cohort: str = typer.Option("ct", "--cohort", help="ct: patients with CT (the paper's subset); all: all 618."),
+    ct_root: Path = typer.Option(None, "--ct-root", help="Raw CT DICOM root (optional; missing files reported)."),
+    wsi_root: Path = typer.Option(None, "--wsi-root", help="Raw slide root (optional; missing files reported)."),
+    template: Path = typer.Option(None, "--template", help="Replacement clinical prompt template file."),
+) -> None:
+    """The MMIST ccRCC release as a manifest (task vital12)."""
+    from .mmist import build_mmist_cohort
+
+    try:
+        path = build_mmist_cohort(root, out, cohort=cohort, ct_root=ct_root, wsi_root=wsi_root, template=template)
+    except (CacheError, ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    _done(path)
+
+
+@app.command("mimic-iv-mm")
+def mimic_iv_mm(
+    mimic_iv: Path = typer.Option(..., "--mimic-iv", help="MIMIC-IV folder (holding hosp/ and icu/)."),
+    mimic_cxr: Path = typer.Option(..., "--mimic-cxr", help="MIMIC-CXR-JPG folder (metadata CSV and files/)."),
+    mimic_note: Path = typer.Option(..., "--mimic-note", help="MIMIC-IV-Note folder (note/ discharge, radiology)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (manifest, time series, summary)."),
+    window_hours: float = typer.Option(48.0, "--window-hours", help="Only data charted this long after admission."),
+    xray: str = typer.Option("last", "--xray", help="Which X-ray in the window: last or first."),
+    chunksize: int = typer.Option(1_000_000, "--chunksize", help="Rows per chunk when streaming large CSVs."),
+    variables_dir: Path = typer.Option(None, "--variables", help="Folder of edited variable lists (CSV)."),
+) -> None:
+    """One sample per admission from the credentialed MIMIC-IV, MIMIC-CXR-JPG and MIMIC-IV-Note releases."""
+    from .mimic import build_mimic_iv_mm
+
+    try:
+        path = build_mimic_iv_mm(
+            mimic_iv,
+            mimic_cxr,
+            mimic_note,
+            out,
+            window_hours=window_hours,
+            xray=xray,
+            chunksize=chunksize,
+            variables_dir=variables_dir,
+        )
+    except (CacheError, ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    _done(path)
+
+
+@app.command("from-table")
+def from_table(
+    table: Path = typer.Option(..., "--table", help="Your cohort as CSV or Parquet, one row per sample."),
+    mapping: Path = typer.Option(..., "--mapping", help="YAML/JSON mapping: ids, split, labels, modalities, inputs."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the manifest."),
+) -> None:
+    """Bring your own cohort: a table plus a small mapping file becomes a manifest."""
+    from .from_table import build_from_table
+
+    try:
+        path = build_from_table(table, mapping, out)
+    except (CacheError, ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    _done(path)
