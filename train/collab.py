@@ -1,0 +1,128 @@
+"""The collaborative model: MoME over the large embeddings, the frozen small model's features, one shared head,
+contrastive projections and decision fusion, with the loss of Listing 1 of the supplement.
+
+Listing 1, as implemented by :meth:`CollaborativeModel.loss`:
+
+- ``learnable``: weights from the softmax of ``fusion_weights`` first, task loss on the fused logits, then the
+  contrastive loss;
+- every other strategy: the contrastive loss first, weights from ``sim.mean()`` (NOT detached, as the listing
+  writes it: the task loss also trains the projections through the weights), then the task loss;
+- total = ``task_loss.mean() + lambda * contrastive_loss.mean()``.
+
+One deviation, only where the listing is silent: a sample with no large modality at all (MoME output defined as
+zeros) takes its small logit as its fused logit, since its large logit carries no information.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .losses import contrastive_loss, task_loss
+from .mome import MoME
+from .presets import TaskPreset
+from .weighting import WEIGHTINGS, adaptive_weight, learnable_weight
+
+
+@dataclass
+class CollabOutput:
+    """One forward pass: logits of both paths through the shared head, their projections, the fused large feature.
+
+    ``large_available`` is False for samples whose large modalities are all missing.
+    """
+
+    large_logits: Tensor  # [B]
+    small_logits: Tensor  # [B]
+    large_proj: Tensor  # [B, d]
+    small_proj: Tensor  # [B, d]
+    large_feat: Tensor  # [B, small_dim]
+    large_available: Tensor | None = None  # [B] bool
+
+
+class CollaborativeModel(nn.Module):
+    """Large-small collaboration for one binary task.
+
+    Args:
+        large_dims: cached embedding dimension per large modality (order = columns of ``present``).
+        small_dim: the small model's feature dimension (``hidden_dim``); MoME outputs the same width.
+        preset: the task's hyperparameters (lambda, d and the weighting parameters).
+        weighting: one of :data:`~adacomed.train.weighting.WEIGHTINGS`.
+        small_head: the trained small model's head; the shared head starts as a copy of it.
+    """
+
+    def __init__(
+        self,
+        large_dims: dict[str, int],
+        small_dim: int,
+        preset: TaskPreset,
+        weighting: str,
+        small_head: nn.Linear | None = None,
+    ):
+        super().__init__()
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting {weighting!r} is not one of {list(WEIGHTINGS)}")
+        self.preset = preset
+        self.weighting = weighting
+        self.mome = MoME(large_dims, small_dim)
+        self.large_proj = nn.Linear(small_dim, preset.proj_dim)
+        self.small_proj = nn.Linear(small_dim, preset.proj_dim)
+        self.head = nn.Linear(small_dim, 1)
+        if small_head is not None:
+            if tuple(small_head.weight.shape) != (1, small_dim):
+                raise ValueError(
+                    f"small_head maps {small_head.in_features} -> {small_head.out_features}; need {small_dim} -> 1"
+                )
+            with torch.no_grad():
+                self.head.weight.copy_(small_head.weight)
+                self.head.bias.copy_(small_head.bias)
+        self.fusion_weights = nn.Parameter(torch.zeros(2))
+
+    def forward(self, large: dict[str, Tensor], present: Tensor, small_feat: Tensor) -> CollabOutput:
+        large_feat = self.mome(large, present)
+        return CollabOutput(
+            large_logits=self.head(large_feat).squeeze(-1),
+            small_logits=self.head(small_feat).squeeze(-1),
+            large_proj=self.large_proj(large_feat),
+            small_proj=self.small_proj(small_feat),
+            large_feat=large_feat,
+            large_available=present.bool().any(dim=1),
+        )
+
+    def weights(self, sim_mean: Tensor) -> tuple[Tensor, Tensor]:
+        """(w_large, w_small): softmax of ``fusion_weights`` for ``learnable``, else Listing 2 from ``sim_mean``."""
+        if self.weighting == "learnable":
+            return learnable_weight(self.fusion_weights)
+        return adaptive_weight(self.weighting, sim_mean, self.preset)
+
+    def fuse(self, out: CollabOutput, w_large: Tensor, w_small: Tensor) -> Tensor:
+        """Decision fusion ``w_L * large_logits + w_S * small_logits`` (small logit alone without large inputs)."""
+        fused = w_large * out.large_logits + w_small * out.small_logits
+        if out.large_available is not None:
+            fused = torch.where(out.large_available, fused, out.small_logits)
+        return fused
+
+    def loss(self, out: CollabOutput, target: Tensor, pos_weight: float | None = None) -> dict[str, Tensor]:
+        """Listing 1: named losses, the weights and the fused logits of one batch."""
+        if self.weighting == "learnable":
+            w_large, w_small = self.weights(out.large_logits.new_zeros(()))
+            logits = self.fuse(out, w_large, w_small)
+            per_sample_task = task_loss(logits, target, pos_weight)
+            sim, per_sample_contrastive = contrastive_loss(out.large_proj, out.small_proj)
+        else:
+            sim, per_sample_contrastive = contrastive_loss(out.large_proj, out.small_proj)
+            w_large, w_small = self.weights(sim.mean())
+            logits = self.fuse(out, w_large, w_small)
+            per_sample_task = task_loss(logits, target, pos_weight)
+        task = per_sample_task.mean()
+        contrastive = per_sample_contrastive.mean()
+        return {
+            "loss": task + self.preset.contrastive_weight * contrastive,
+            "task_loss": task,
+            "contrastive_loss": contrastive,
+            "sim_mean": sim.mean(),
+            "w_large": w_large,
+            "w_small": w_small,
+            "logits": logits,
+        }
