@@ -47,7 +47,7 @@ def _print_encoders() -> None:
         table.add_row(
             name,
             spec.modality,
-            str(spec.embed_dim),
+            str(spec.embed_dim) if spec.embed_dim else "from weights/data",
             spec.pooling,
             spec.default_weights or "(local only)",
             spec.description,
@@ -100,7 +100,9 @@ def extract(
     on_error: str = typer.Option("skip", "--on-error", help="skip: record bad samples and go on; fail: stop."),
     storage_dtype: str = typer.Option("float16", "--storage-dtype", help="float16 (default) or float32 on disk."),
     shard_format: str = typer.Option("h5", "--format", help="Shard format: h5 (default) or parquet."),
-    rows_per_shard: int = typer.Option(32768, "--rows-per-shard", help="Samples per shard file (fixed by the first run)."),
+    rows_per_shard: int = typer.Option(
+        32768, "--rows-per-shard", help="Samples per shard file (fixed by the first run)."
+    ),
     num_shards: int = typer.Option(1, "--num-shards", help="Split the work into N parts (e.g. a SLURM array)."),
     shard_index: int = typer.Option(
         None, "--shard-index", help="Which part this process runs; default: $SLURM_ARRAY_TASK_ID or 0."

@@ -121,6 +121,17 @@ def plan_job(config: ExtractConfig, encoder: Encoder | None = None) -> Extractio
     if not items:
         raise ExtractError(f"manifest {config.manifest} has no rows with modality {config.modality!r}")
     encoder = encoder or config.build_encoder()
+    if encoder.embed_dim <= 0:  # e.g. precomputed features without a dim option: learn it from the first sample
+        first = sorted(items)[0]
+        try:
+            encoder.load_input(items[first])
+        except InputError as exc:
+            raise ExtractError(
+                f"{encoder.spec.name} needs its output dim: sample {first!r} could not be read ({exc.reason}); "
+                "pass --option dim=N"
+            ) from None
+        if encoder.embed_dim <= 0:
+            raise ExtractError(f"{encoder.spec.name} could not determine its output dim; pass --option dim=N")
     fingerprint = encoder.fingerprint(config.modality, manifest.input_hash(config.modality), config.storage_dtype)
     cache = CacheDir(config.cache, fingerprint, config.shard_format)  # type: ignore[arg-type]
     plan = cache.initialise(len(items), config.rows_per_shard)

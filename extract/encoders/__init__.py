@@ -11,6 +11,13 @@ from .base import (
     register_encoder,
 )
 
+# Registration order decides each modality's default (the design's choice first): keep it, do not sort.
+# isort: off
+from . import dinov2  # noqa: F401  (xray: dinov2-giant, -large, -base)
+from . import text  # noqa: F401  (notes: me-llama-13b, hf-text, all-minilm-l6-v2; clinical: biomistral-7b)
+from . import precomputed  # noqa: F401  (features: precomputed)
+# isort: on
+
 __all__ = [
     "TINY_RANDOM",
     "Encoder",
