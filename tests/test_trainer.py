@@ -1,0 +1,414 @@
+"""Stage two end to end on a small synthetic cohort whose caches are written directly (no extract import)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tomllib
+import torch
+from typer.testing import CliRunner
+
+from adacomed.cache_schema import CacheDir, Fingerprint, Manifest, ManifestInfo, ModalitySource, SmallInput, TaskSpec
+from adacomed.train.checkpoint import ResumeError
+from adacomed.train.cli import app
+from adacomed.train.config import ConfigError, TrainConfig, apply_mapping, apply_overrides, load_config_file
+from adacomed.train.data import DataError
+from adacomed.train.loop import parse_pos_weight, train_run
+from adacomed.train.weighting import WEIGHTINGS
+
+N_SAMPLES = 150
+LARGE_DIMS = {"xray": 24, "notes": 32, "ct_features": 16}
+
+
+def write_cache(root: Path, manifest: Manifest, modality: str, values: dict[str, np.ndarray], **fp_changes) -> None:
+    """Commit one finalised cache of ``values`` (sample id -> vector) the way stage one would."""
+    dim = len(next(iter(values.values())))
+    fields = dict(
+        modality=modality,
+        encoder="synthetic",
+        encoder_version="1",
+        weights="test:synthetic",
+        pooling="none",
+        storage_dtype="float32",
+        dim=dim,
+        input_hash=manifest.input_hash(modality),
+    )
+    fields.update(fp_changes)
+    cache = CacheDir(root, Fingerprint(**fields))
+    ids = sorted(values)
+    plan = cache.initialise(len(ids), rows_per_shard=64)  # several shards: exercises the multi-shard read path
+    for index in range(plan.n_shards):
+        shard_ids = plan.ids_of(ids, index)
+        cache.commit_shard(plan, index, shard_ids, {"embeddings": np.stack([values[s] for s in shard_ids])})
+    assert cache.finalize(plan) is not None
+
+
+def build_cohort(root: Path, with_val: bool = True, nan_sample: str | None = None) -> tuple[Path, Path]:
+    """~150 samples, a latent signal z behind the label, three large modalities (one missing for 20 %)."""
+    rng = np.random.default_rng(7)
+    ids = [f"s{i:03d}" for i in range(N_SAMPLES)]
+    z = rng.normal(size=N_SAMPLES)
+    label = (z + 0.35 * rng.normal(size=N_SAMPLES) > 0).astype(float)
+    label[[5, 17]] = np.nan  # excluded from the task
+    split = np.array(["train"] * 100 + ["val"] * 20 + ["test"] * 30, dtype=object)
+    if not with_val:
+        split[split == "val"] = "train"
+    has_ct = rng.random(N_SAMPLES) > 0.2
+    table = pd.DataFrame(
+        {
+            "sample_id": ids,
+            "subject_id": [f"p{i // 2:03d}" for i in range(N_SAMPLES)],
+            "split": split,
+            "label_mortality": label,
+            "xray_path": [f"cxr/{s}.png" for s in ids],
+            "note_text": [f"synthetic note number {i}" for i in range(N_SAMPLES)],
+            "ct_path": [f"ct/{s}.npz" if has else None for s, has in zip(ids, has_ct)],
+            "clinical_text": [f"age group {i % 5}" for i in range(N_SAMPLES)],
+            "age": 60 + 8 * z + rng.normal(size=N_SAMPLES),
+            "sex": rng.choice(["F", "M"], size=N_SAMPLES),
+            "grade": rng.choice(["G1", "G2", "G3"], size=N_SAMPLES),
+            "labs": [list((0.8 * zi + 0.5 * rng.normal(size=8)).astype(float)) for zi in z],
+        }
+    )
+    info = ManifestInfo(
+        cohort="synthetic",
+        modalities={
+            "xray": ModalitySource(column="xray_path", kind="path", root="."),
+            "notes": ModalitySource(column="note_text", kind="text"),
+            "ct_features": ModalitySource(column="ct_path", kind="path", root="."),
+            "clinical": ModalitySource(column="clinical_text", kind="text"),  # declared, never cached
+        },
+        tasks={"mortality": TaskSpec(column="label_mortality", positive="died in hospital")},
+        small_inputs={
+            "age": SmallInput(column="age", kind="numerical"),
+            "sex": SmallInput(column="sex", kind="categorical"),
+            "grade": SmallInput(column="grade", kind="ordinal", options={"levels": ["G1", "G2", "G3"]}),
+            "labs": SmallInput(column="labs", kind="vector"),
+        },
+    )
+    manifest_path = root / "manifest.parquet"
+    manifest = Manifest(table, info)
+    manifest.write(manifest_path)
+    cache_root = root / "cache"
+    for modality, dim in LARGE_DIMS.items():
+        direction = rng.normal(size=dim)
+        rows = {}
+        for i, sid in enumerate(ids):
+            if modality == "ct_features" and not has_ct[i]:
+                continue
+            rows[sid] = (z[i] * direction + 0.8 * rng.normal(size=dim)).astype(np.float32)
+        if nan_sample is not None and modality == "notes":
+            rows[nan_sample][3] = np.nan
+        write_cache(cache_root, manifest, modality, rows)
+    return manifest_path, cache_root
+
+
+def tiny_config(manifest: Path, cache: Path, out: Path, **changes) -> TrainConfig:
+    base = TrainConfig(
+        task="mortality",
+        manifest=str(manifest),
+        cache=str(cache),
+        out=str(out),
+        device="cpu",
+        epochs=4,
+        batch_size=32,
+        lr=3e-3,
+        small_epochs=6,
+        small_lr=3e-3,
+        small_batch_size=32,
+        small_hidden_dim=32,
+        preset={"proj_dim": 16},
+    )
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return build_cohort(tmp_path_factory.mktemp("cohort"))
+
+
+# ------------------------------------------------------------------------------------------------- learning
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
+def test_every_weighting_learns_and_writes_outputs(cohort, tmp_path, weighting):
+    manifest, cache = cohort
+    result = train_run(tiny_config(manifest, cache, tmp_path / "run", weighting=weighting))
+    assert result.metrics["test"]["at_0.5"]["auroc"] > 0.7, result.metrics["auroc"]
+    run = result.run_dir
+    for name in (
+        "config.toml",
+        "metrics.json",
+        "predictions.parquet",
+        "history.json",
+        "report.md",
+        "roc.png",
+        "pr.png",
+        "weights.png",
+        "small_model.safetensors",
+        "small_features.safetensors",
+        "checkpoints/best.safetensors",
+        "checkpoints/last.json",
+        "checkpoints/last.optim.safetensors",
+    ):
+        assert (run / name).exists(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"at_0.5", "at_val_threshold"}
+    assert set(metrics["auroc"]["test"]) == {"fused", "large", "small", "small_model_stage_a"}
+    predictions = pd.read_parquet(run / "predictions.parquet")
+    assert list(predictions.columns) == [
+        "sample_id",
+        "split",
+        "label",
+        "prob_large",
+        "prob_small",
+        "prob_fused",
+        "w_large",
+        "w_small",
+    ]
+    assert len(predictions) == N_SAMPLES - 2  # the two NaN labels are excluded
+    assert predictions.prob_fused.between(0, 1).all()
+    assert np.allclose(predictions.w_large + predictions.w_small, 1.0, atol=1e-5)
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    if weighting == "large-only":
+        assert np.allclose(predictions.w_large, 1.0)
+    if weighting == "small-only":
+        assert np.allclose(predictions.prob_fused, predictions.prob_small, atol=1e-6)
+
+
+def test_same_seed_same_predictions_and_val_carve(tmp_path):
+    manifest, cache = build_cohort(tmp_path / "data", with_val=False)
+    first = train_run(tiny_config(manifest, cache, tmp_path / "a", epochs=2, small_epochs=2))
+    second = train_run(tiny_config(manifest, cache, tmp_path / "b", epochs=2, small_epochs=2))
+    pd.testing.assert_frame_equal(first.predictions, second.predictions)
+    counts = first.predictions.split.value_counts()
+    assert counts["val"] == pytest.approx(0.15 * (100 + 20 - 1), abs=2)  # carved from train (one NaN label there)
+    other = train_run(tiny_config(manifest, cache, tmp_path / "c", epochs=2, small_epochs=2, seed=1))
+    assert not np.allclose(other.predictions.prob_fused, first.predictions.prob_fused)
+    # --small-checkpoint: stage (a) is skipped and the given small model is used as is.
+    reused = train_run(
+        tiny_config(
+            manifest,
+            cache,
+            tmp_path / "d",
+            epochs=1,
+            seed=3,
+            small_checkpoint=str(other.run_dir / "small_model.safetensors"),
+        )
+    )
+    assert (
+        reused.metrics["auroc"]["test"]["small_model_stage_a"] == other.metrics["auroc"]["test"]["small_model_stage_a"]
+    )
+    with pytest.raises(FileNotFoundError, match="needs both"):
+        train_run(tiny_config(manifest, cache, tmp_path / "e", small_checkpoint=str(tmp_path / "none.safetensors")))
+
+
+def test_pos_weight_parsing():
+    labels = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    assert parse_pos_weight("auto", labels) == 3.0
+    assert parse_pos_weight("none", labels) is None
+    assert parse_pos_weight("2.5", labels) == 2.5
+    for bad in ("-1", "lots"):
+        with pytest.raises(ValueError, match="pos_weight"):
+            parse_pos_weight(bad, labels)
+
+
+# --------------------------------------------------------------------------------------------------- resume
+class Interrupt(Exception):
+    pass
+
+
+def _stop_after(epoch: int):
+    def hook(current: int, record: dict) -> None:
+        if current == epoch:
+            raise Interrupt
+
+    return hook
+
+
+def test_resume_continues_exactly_and_refuses_changes(cohort, tmp_path):
+    manifest, cache = cohort
+    full = train_run(tiny_config(manifest, cache, tmp_path / "full"))
+    config = tiny_config(manifest, cache, tmp_path / "broken")
+    with pytest.raises(Interrupt):
+        train_run(config, on_epoch_end=_stop_after(2))
+    with pytest.raises(ResumeError, match="already holds a run"):
+        train_run(config)
+    resumed = train_run(dataclasses.replace(config, resume=True))
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    pd.testing.assert_frame_equal(full.predictions, resumed.predictions)
+    with pytest.raises(ResumeError, match="weighting"):
+        train_run(dataclasses.replace(config, resume=True, weighting="gaussian"))
+    # A cache rebuilt with another encoder version has another key: resuming on it is refused.
+    moved = tmp_path / "cache2"
+    shutil.copytree(cache, moved)
+    shutil.rmtree(moved / "notes")
+    rows = dict(zip(Manifest.read(manifest).sample_ids, np.ones((N_SAMPLES, 32), dtype=np.float32)))
+    write_cache(moved, Manifest.read(manifest), "notes", rows, encoder_version="2")
+    with pytest.raises(ResumeError, match="cache of 'notes'"):
+        train_run(dataclasses.replace(config, resume=True, cache=str(moved), epochs=6))
+    with pytest.raises(ResumeError, match="no checkpoint"):
+        train_run(tiny_config(manifest, cache, tmp_path / "never", resume=True))
+
+
+# ------------------------------------------------------------------------------------- errors before training
+def _assert_not_started(out: Path) -> None:
+    assert not (out / "config.toml").exists() and not (out / "checkpoints").exists()
+
+
+def test_missing_modality_cache_lists_existing(cohort, tmp_path):
+    manifest, cache = cohort
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match=r"'clinical' has no complete cache.*notes/synthetic"):
+        train_run(tiny_config(manifest, cache, out, modalities=("clinical",)))
+    with pytest.raises(DataError, match="not declared"):
+        train_run(tiny_config(manifest, cache, out, modalities=("wsi",)))
+    _assert_not_started(out)
+
+
+def test_cache_from_another_manifest_is_refused(cohort, tmp_path):
+    manifest, cache = cohort
+    other = tmp_path / "cache"
+    shutil.copytree(cache, other)
+    shutil.rmtree(other / "xray")
+    rows = {f"s{i:03d}": np.zeros(LARGE_DIMS["xray"], np.float32) for i in range(N_SAMPLES - 3)}
+    write_cache(other, Manifest.read(manifest), "xray", rows, input_hash="0" * 32)
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match=r"(?s)'xray'.*another manifest.*input_hash.*only in the manifest"):
+        train_run(tiny_config(manifest, other, out))
+    _assert_not_started(out)
+
+
+def test_missing_task_label_is_refused(cohort, tmp_path):
+    manifest, cache = cohort
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match=r"task 'longstay' has no label.*label_mortality"):
+        train_run(tiny_config(manifest, cache, out, task="longstay"))
+    _assert_not_started(out)
+
+
+def test_nan_embedding_names_modality_and_sample(tmp_path):
+    manifest, cache = build_cohort(tmp_path / "data", nan_sample="s042")
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match=r"modality 'notes'.*sample 's042'.*NaN"):
+        train_run(tiny_config(manifest, cache, out))
+    _assert_not_started(out)
+
+
+# ------------------------------------------------------------------------------------------ config and CLI
+def test_overrides_are_typed_and_checked(tmp_path):
+    config = apply_overrides(
+        TrainConfig(),
+        ["epochs=7", "lr=0.01", "amp=false", "modalities=xray,notes", "preset.contrastive_weight=0.3", "proj_dim=64"],
+    )
+    assert (config.epochs, config.lr, config.amp, config.modalities) == (7, 0.01, False, ("xray", "notes"))
+    assert config.preset == {"contrastive_weight": 0.3, "proj_dim": 64}
+    assert isinstance(config.preset["proj_dim"], int)
+    for bad, message in (
+        ("epochs=many", "not a valid int"),
+        ("colour=red", "unknown config field"),
+        ("preset.nonsense=1", "unknown preset field"),
+        ("epochs", "key=value"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            apply_overrides(TrainConfig(), [bad])
+    toml_file = tmp_path / "c.toml"
+    toml_file.write_text('weighting = "gaussian"\nbatch_size = 16\n[preset]\ngaussian_sigma = 0.5\n')
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("weighting: threshold\nsmall_epochs: 3\npreset:\n  threshold: 0.4\n")
+    from_toml = apply_mapping(TrainConfig(), load_config_file(toml_file))
+    assert (from_toml.weighting, from_toml.batch_size, from_toml.preset) == ("gaussian", 16, {"gaussian_sigma": 0.5})
+    from_yaml = apply_mapping(TrainConfig(), load_config_file(yaml_file))
+    assert (from_yaml.weighting, from_yaml.small_epochs, from_yaml.preset) == ("threshold", 3, {"threshold": 0.4})
+
+
+def test_cli_help_and_print_config(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for option in ("--task", "--weighting", "--set", "--print-config", "--resume", "--pos-weight", "--modalities"):
+        assert option in result.output
+    config_file = tmp_path / "c.toml"
+    config_file.write_text('epochs = 9\nweighting = "learnable"\n')
+    result = runner.invoke(
+        app,
+        [
+            "--task",
+            "vital12",
+            "--config",
+            str(config_file),
+            "--set",
+            "batch_size=8",
+            "--set",
+            "preset.contrastive_weight=0.25",
+            "--lr",
+            "0.002",
+            "--print-config",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    printed = tomllib.loads(result.output)
+    assert (printed["epochs"], printed["weighting"], printed["batch_size"], printed["lr"]) == (9, "learnable", 8, 0.002)
+    assert printed["preset"]["contrastive_weight"] == 0.25
+    assert printed["preset"]["proj_dim"] == 128  # vital12's Table 2 value, not overridden
+    result = runner.invoke(app, ["--set", "epochs=lots", "--print-config"])
+    assert result.exit_code == 2 and "not a valid int" in result.output
+
+
+def test_cli_reports_data_errors(cohort, tmp_path):
+    manifest, cache = cohort
+    result = CliRunner().invoke(
+        app,
+        [
+            "--task",
+            "readmission",
+            "--manifest",
+            str(manifest),
+            "--cache",
+            str(cache),
+            "--out",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "task 'readmission' has no label" in result.output
+    out = tmp_path / "ok"
+    result = CliRunner().invoke(
+        app,
+        [
+            "--task",
+            "mortality",
+            "--manifest",
+            str(manifest),
+            "--cache",
+            str(cache),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--epochs",
+            "2",
+            "--small-epochs",
+            "2",
+            "--modalities",
+            "xray,ct_features",
+            "--pos-weight",
+            "auto",
+            "--set",
+            "small_hidden_dim=32",
+            "--set",
+            "proj_dim=16",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    written = tomllib.loads((out / "config.toml").read_text())
+    assert written["modalities"] == ["xray", "ct_features"] and written["pos_weight"] == "auto"
+    assert written["preset"]["proj_dim"] == 16 and written["preset"]["contrastive_weight"] == 0.59  # Table 2
+    assert json.loads((out / "checkpoints" / "best.json").read_text())["cache_keys"].keys() == {"xray", "ct_features"}

@@ -1,0 +1,241 @@
+"""A run's outputs: metrics.json, predictions.parquet, history.json, report.md with ROC/PR/weight plots, a table.
+
+Test metrics are reported at the default threshold 0.5 and at the threshold chosen on validation (the one that
+maximises validation macro F1, :func:`choose_threshold`), so a tuned operating point never peeks at test.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from ..cache_schema.atomic import atomic_write_bytes, atomic_write_json
+from .metrics import METRIC_NAMES, binary_metrics, choose_threshold
+
+PLOTS = ("roc.png", "pr.png", "weights.png")
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(float(value)) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _auroc(labels: np.ndarray, prob: np.ndarray) -> float:
+    return binary_metrics(labels, prob)["auroc"]
+
+
+def build_predictions(data: Any, outputs: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """One row per labelled sample: label, the three probabilities and the fusion weights its split used."""
+    frames = []
+    for split, out in outputs.items():
+        idx = data.index[split].cpu().numpy()
+        frames.append(
+            pd.DataFrame(
+                {
+                    "sample_id": [data.sample_ids[i] for i in idx],
+                    "split": split,
+                    "label": data.labels.cpu().numpy()[idx].astype(np.float32),
+                    "prob_large": torch.sigmoid(out["large_logits"]).cpu().numpy().astype(np.float32),
+                    "prob_small": torch.sigmoid(out["small_logits"]).cpu().numpy().astype(np.float32),
+                    "prob_fused": out["prob_fused"].float().cpu().numpy().astype(np.float32),
+                    "w_large": np.float32(out["w_large"]),
+                    "w_small": np.float32(out["w_small"]),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def build_metrics(
+    config: Any,
+    predictions: pd.DataFrame,
+    outputs: dict[str, dict[str, Any]],
+    small_model_prob: dict[str, np.ndarray],
+    best_epoch: int,
+) -> dict[str, Any]:
+    val = predictions[predictions.split == "val"]
+    test = predictions[predictions.split == "test"]
+    threshold = choose_threshold(val.label.to_numpy(), val.prob_fused.to_numpy())
+    per_path = {}
+    for split, frame in (("val", val), ("test", test)):
+        y = frame.label.to_numpy()
+        per_path[split] = {
+            "fused": _auroc(y, frame.prob_fused.to_numpy()),
+            "large": _auroc(y, frame.prob_large.to_numpy()),
+            "small": _auroc(y, frame.prob_small.to_numpy()),
+            "small_model_stage_a": _auroc(y, small_model_prob[split]),
+        }
+    return {
+        "task": config.task,
+        "weighting": config.weighting,
+        "seed": config.seed,
+        "best_epoch": best_epoch,
+        "val_threshold": threshold,
+        "test": {
+            "at_0.5": binary_metrics(test.label, test.prob_fused, 0.5),
+            "at_val_threshold": binary_metrics(test.label, test.prob_fused, threshold),
+        },
+        "val": {
+            "at_0.5": binary_metrics(val.label, val.prob_fused, 0.5),
+            "at_val_threshold": binary_metrics(val.label, val.prob_fused, threshold),
+        },
+        "auroc": per_path,
+        "weights": {
+            s: {"w_large": o["w_large"], "w_small": o["w_small"], "sim_mean": o["sim_mean"]} for s, o in outputs.items()
+        },
+        "n": {s: int((predictions.split == s).sum()) for s in ("train", "val", "test")},
+        "n_positive": {s: int(predictions.label[predictions.split == s].sum()) for s in ("train", "val", "test")},
+    }
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def write_plots(run_dir: Path, predictions: pd.DataFrame, history: list[dict[str, Any]]) -> None:
+    """ROC and PR curves on test (fused, large, small) and the fusion weights per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    test = predictions[predictions.split == "test"]
+    y = test.label.to_numpy()
+    curves = {"fused": test.prob_fused, "large": test.prob_large, "small": test.prob_small}
+    for name, kind in (("roc.png", "roc"), ("pr.png", "pr")):
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        for label, prob in curves.items():
+            if len(np.unique(y)) < 2:
+                break
+            if kind == "roc":
+                fpr, tpr, _ = roc_curve(y, prob)
+                ax.plot(fpr, tpr, label=f"{label} (AUROC {_auroc(y, prob.to_numpy()):.3f})")
+            else:
+                precision, recall, _ = precision_recall_curve(y, prob)
+                ax.plot(recall, precision, label=label)
+        if kind == "roc":
+            ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+            ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test)")
+        else:
+            ax.axhline(float(y.mean()) if len(y) else 0.0, color="k", linestyle=":", linewidth=0.8)
+            ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (test)")
+        ax.legend(loc="best", fontsize=8)
+        atomic_write_bytes(run_dir / name, _png(fig))
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["w_large"] for h in history], label="w_large (train mean)")
+    ax.plot(epochs, [h["w_small"] for h in history], label="w_small (train mean)")
+    ax.plot(epochs, [h["sim_mean"] for h in history], "--", label="sim (train mean)")
+    ax.set(xlabel="epoch", ylabel="weight / similarity", title="Fusion weights", ylim=(-0.02, 1.02))
+    ax.legend(loc="best", fontsize=8)
+    atomic_write_bytes(run_dir / "weights.png", _png(fig))
+    plt.close(fig)
+
+
+def metrics_table(metrics: dict[str, Any], title: str = "test metrics") -> Table:
+    table = Table(title=title)
+    table.add_column("threshold")
+    for name in METRIC_NAMES:
+        table.add_column(name, justify="right")
+    for label, key in (("0.5", "at_0.5"), (f"val-chosen {metrics['val_threshold']:.3f}", "at_val_threshold")):
+        table.add_row(label, *(_fmt(metrics["test"][key][m]) for m in METRIC_NAMES))
+    return table
+
+
+def report_markdown(metrics: dict[str, Any]) -> str:
+    rows = ["| threshold | " + " | ".join(METRIC_NAMES) + " |", "|---" * (len(METRIC_NAMES) + 1) + "|"]
+    for label, key in (("0.5", "at_0.5"), (f"val-chosen ({metrics['val_threshold']:.3f})", "at_val_threshold")):
+        rows.append(f"| {label} | " + " | ".join(_fmt(metrics["test"][key][m]) for m in METRIC_NAMES) + " |")
+    paths = metrics["auroc"]
+    auroc_rows = [
+        "| split | fused | large | small (co-trained head) | small model (stage a) |",
+        "|---|---|---|---|---|",
+    ]
+    for split in ("val", "test"):
+        p = paths[split]
+        auroc_rows.append(
+            f"| {split} | " + " | ".join(_fmt(p[k]) for k in ("fused", "large", "small", "small_model_stage_a")) + " |"
+        )
+    w = metrics["weights"]["test"]
+    return "\n".join(
+        [
+            f"# AdaCoMed run: task `{metrics['task']}`, weighting `{metrics['weighting']}`, seed {metrics['seed']}",
+            "",
+            f"Best validation epoch: {metrics['best_epoch']}. "
+            f"Samples: {metrics['n']} (positives {metrics['n_positive']}).",
+            "",
+            "## Test metrics (fused prediction)",
+            "",
+            *rows,
+            "",
+            "## AUROC per path",
+            "",
+            *auroc_rows,
+            "",
+            f"Test fusion weights: w_large {w['w_large']:.3f}, w_small {w['w_small']:.3f} "
+            f"(mean sim {w['sim_mean']:.3f}).",
+            "",
+            "## Curves",
+            "",
+            "![ROC](roc.png) ![PR](pr.png)",
+            "",
+            "## Fusion weights per epoch",
+            "",
+            "![weights](weights.png)",
+            "",
+        ]
+    )
+
+
+def write_outputs(
+    run_dir: Path,
+    config: Any,
+    data: Any,
+    outputs: dict[str, dict[str, Any]],
+    small_logits: torch.Tensor,
+    history: list[dict[str, Any]],
+    best_epoch: int,
+    console: Console,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Write predictions, metrics, history, plots and report.md; print the metrics table."""
+    predictions = build_predictions(data, outputs)
+    small_prob = {s: torch.sigmoid(small_logits[data.index[s]]).cpu().numpy() for s in ("val", "test")}
+    metrics = _clean(build_metrics(config, predictions, outputs, small_prob, best_epoch))
+    buffer = io.BytesIO()
+    predictions.to_parquet(buffer, index=False)
+    atomic_write_bytes(run_dir / "predictions.parquet", buffer.getvalue())
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic_write_json(run_dir / "history.json", _clean(history))
+    write_plots(run_dir, predictions, history)
+    atomic_write_bytes(run_dir / "report.md", report_markdown(metrics).encode())
+    console.print(metrics_table(metrics, f"{config.task} / {config.weighting}: test metrics"))
+    console.print(
+        f"outputs in {run_dir} (best epoch {best_epoch}); "
+        + json.dumps({k: round(v, 4) if v is not None else None for k, v in metrics["auroc"]["test"].items()})
+    )
+    return metrics, predictions
