@@ -58,7 +58,15 @@ def mimic_iv_mm(
     window_hours: float = typer.Option(48.0, "--window-hours", help="Only data charted this long after admission."),
     xray: str = typer.Option("last", "--xray", help="Which X-ray in the window: last or first."),
     chunksize: int = typer.Option(1_000_000, "--chunksize", help="Rows per chunk when streaming large CSVs."),
-    variables_dir: Path = typer.Option(None, "--variables", help="Folder of edited variable lists (CSV)."),
+    variables_dir: Path = typer.Option(None, "--variables-dir", help="Folder of edited variable lists (CSV)."),
+    require_all_modalities: bool = typer.Option(
+        False, "--require-all-modalities", help="Keep only admissions with X-ray, notes and time series."
+    ),
+    note_types: str = typer.Option(
+        "radiology", "--note-types", help="Comma list of note types read (discharge notes can leak the outcome)."
+    ),
+    all_admissions: bool = typer.Option(False, "--all-admissions", help="Also admissions without an ICU stay."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the subject-level split."),
 ) -> None:
     """One sample per admission from the credentialed MIMIC-IV, MIMIC-CXR-JPG and MIMIC-IV-Note releases."""
     from .mimic import build_mimic_iv_mm
@@ -73,6 +81,10 @@ def mimic_iv_mm(
             xray=xray,
             chunksize=chunksize,
             variables_dir=variables_dir,
+            require_all_modalities=require_all_modalities,
+            note_types=tuple(t.strip() for t in note_types.split(",") if t.strip()),
+            icu_only=not all_admissions,
+            seed=seed,
         )
     except (CacheError, ValueError, FileNotFoundError) as exc:
         console.print(f"[red]error:[/red] {exc}")
