@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -15,7 +16,15 @@ from .reader import EmbeddingCache, list_caches
 from .verify import verify_cache
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-console = Console()
+
+
+def wide_console(stderr: bool = False) -> Console:
+    """A console that keeps tables readable when output goes to a pipe or a log (rich would use 80 columns)."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 140)
+
+
+console = wide_console()
 
 
 def _resolve(path: Path) -> list[Path]:
@@ -32,7 +41,9 @@ def _resolve(path: Path) -> list[Path]:
 def ls(cache_root: Path = typer.Argument(..., help="Cache root folder.")) -> None:
     """List every (modality, encoder, key) cache under a root with its status."""
     table = Table(title=f"Caches under {cache_root}")
-    for column in ("modality", "encoder", "key", "status", "rows", "shards", "errors"):
+    for column in ("modality", "encoder", "key"):
+        table.add_column(column, no_wrap=True)
+    for column in ("status", "rows", "shards", "errors"):
         table.add_column(column)
     for c in list_caches(cache_root):
         table.add_row(

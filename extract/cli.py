@@ -5,17 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..cache_schema import CacheError
+from ..cache_schema.cli import wide_console
 from .encoders import get_spec, list_encoders
 from .errors import ExtractError, SampleFailed
 from .progress import sample_progress
 from .runner import ExtractConfig, RunSummary, plan_job, run_local, slurm_shard_index
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-console = Console(stderr=True)
+console = wide_console(stderr=True)
 
 
 def _parse_options(pairs: list[str]) -> dict[str, object]:
@@ -40,8 +40,10 @@ def _parse_options(pairs: list[str]) -> dict[str, object]:
 
 def _print_encoders() -> None:
     table = Table(title="Registered encoders")
-    for column in ("name", "modality", "dim", "pooling", "default weights", "description"):
-        table.add_column(column)
+    table.add_column("name", no_wrap=True)
+    table.add_column("modality", no_wrap=True)
+    for column in ("dim", "pooling", "default weights", "description"):
+        table.add_column(column, overflow="fold")
     for name in list_encoders():
         spec = get_spec(name)
         table.add_row(
@@ -52,7 +54,7 @@ def _print_encoders() -> None:
             spec.default_weights or "(local only)",
             spec.description,
         )
-    Console().print(table)
+    wide_console().print(table)
 
 
 def _print_summary(summary: RunSummary) -> None:

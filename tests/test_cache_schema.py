@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+
 from adacomed.cache_schema import (
     CacheDir,
     CacheIncomplete,
