@@ -16,6 +16,7 @@ from .base import (
 from . import dinov2  # noqa: F401  (xray: dinov2-giant, -large, -base)
 from . import text  # noqa: F401  (notes: me-llama-13b, hf-text, all-minilm-l6-v2; clinical: biomistral-7b)
 from . import precomputed  # noqa: F401  (features: precomputed)
+from . import openclip  # noqa: F401  (xray alternatives: biomedclip, open-clip)
 # isort: on
 
 __all__ = [
