@@ -3,13 +3,14 @@
 Weights are reached through open_clip's own loader: ``hf-hub:org/repo`` (offline from the local HF cache),
 ``local-dir:/path`` (a folder with ``open_clip_config.json`` and the weights), or an open_clip architecture name
 with a checkpoint file (``--option architecture=ViT-B-16 --weights /path/model.safetensors``). The image is read
-like any X-ray (PNG/JPEG/DICOM) and transformed by the model's own eval preprocessing, whose parameters
-(``model.visual.preprocess_cfg``) enter the fingerprint; the output is ``encode_image`` without normalisation.
-Unlike the transformers encoders, the fingerprint needs the model built (its preprocessing lives on it).
+like any X-ray (PNG/JPEG/DICOM). The preprocessing and output dim are read from the model's open_clip config
+before any weights load; the eval transform is built from exactly those values, which enter the fingerprint.
+The output is ``encode_image`` without normalisation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import tempfile
@@ -50,10 +51,46 @@ class OpenClipImageEncoder(Encoder):
             )
         self.architecture = architecture
         self.is_tiny = self.weights == TINY_RANDOM
+        model_cfg, preprocess_overlay = self._read_config()
+        self.embed_dim = int(model_cfg["embed_dim"])
+        self.preprocess_cfg = _preprocess_cfg(model_cfg, preprocess_overlay)
         self._transform: Any = None
-        if self.is_tiny:
-            self.embed_dim = TINY_CLIP_CONFIG["embed_dim"]
 
+    # ------------------------------------------------------------ config
+    def _read_config(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(model config, preprocess overlay), read without building the model."""
+        if self.is_tiny:
+            return TINY_CLIP_CONFIG, {}
+        if self.weights.startswith(("hf-hub:", "local-dir:")):
+            config_file = self._config_file()
+            try:
+                config = json.loads(config_file.read_text())
+                return config["model_cfg"], config.get("preprocess_cfg", {})
+            except (OSError, json.JSONDecodeError, KeyError) as exc:
+                raise WeightsError(f"{self.spec.name}: cannot read {config_file}: {exc}") from None
+        if self.architecture is None:
+            raise ExtractError(f"{self.spec.name}: a checkpoint file needs --option architecture=<open_clip name>")
+        import open_clip
+
+        config = open_clip.get_model_config(self.architecture)
+        if config is None:
+            raise ExtractError(f"{self.spec.name}: {self.architecture!r} is not an open_clip architecture")
+        return config, {}
+
+    def _config_file(self) -> Path:
+        if self.weights.startswith("local-dir:"):
+            return Path(self.weights[len("local-dir:") :]).expanduser() / "open_clip_config.json"
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return Path(hf_hub_download(self.weights[len("hf-hub:") :], "open_clip_config.json"))
+        except Exception as exc:  # noqa: BLE001 - offline misses raise several hub error types
+            raise WeightsError(
+                f"{self.spec.name}: {self.weights} is not in the local HF cache ({type(exc).__name__}); "
+                "download it once or pass local-dir:/path"
+            ) from None
+
+    # ----------------------------------------------------------- contract
     def build_model(self) -> Any:
         import open_clip
         import torch
@@ -65,37 +102,40 @@ class OpenClipImageEncoder(Encoder):
                 open_clip.add_model_config(path)
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(TINY_SEED)
-                    model, _, transform = open_clip.create_model_and_transforms(TINY_CLIP_NAME, pretrained=None)
+                    model = open_clip.create_model(TINY_CLIP_NAME, pretrained=None)
         else:
-            name, pretrained = self._name_and_checkpoint()
+            if self.weights.startswith(("hf-hub:", "local-dir:")):
+                name, pretrained = self.weights, None
+            else:
+                name, pretrained = str(self.architecture), self.weights
             try:
-                model, transform = open_clip.create_model_from_pretrained(
-                    name, pretrained=pretrained, weights_only=True
-                )
+                model = open_clip.create_model(name, pretrained=pretrained, weights_only=True)
             except (OSError, RuntimeError, ValueError, KeyError) as exc:
                 raise WeightsError(
                     f"{self.spec.name}: cannot load open_clip weights {self.weights!r} ({exc}); "
                     "hub ids must be in the local HF cache when HF_HUB_OFFLINE=1"
                 ) from None
-        self._transform = transform
-        with torch.inference_mode():
-            probe = model.encode_image(torch.zeros(1, 3, *model.visual.preprocess_cfg["size"]))
-        self.embed_dim = int(probe.shape[-1])
+        if model.visual.output_dim != self.embed_dim:
+            raise WeightsError(
+                f"{self.spec.name}: the image embedding has {model.visual.output_dim} dims, "
+                f"the model's config says {self.embed_dim}"
+            )
         return model.to(self.device).eval()
 
-    def _name_and_checkpoint(self) -> tuple[str, str | None]:
-        if self.weights.startswith(("hf-hub:", "local-dir:")):
-            return self.weights, None
-        if self.architecture is None:
-            raise ExtractError(f"{self.spec.name}: a checkpoint file needs --option architecture=<open_clip name>")
-        return self.architecture, self.weights
+    @property
+    def transform(self) -> Any:
+        """The eval transform built from the declared preprocessing (never from the model object)."""
+        if self._transform is None:
+            from open_clip.transform import PreprocessCfg, image_transform_v2
+
+            cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in self.preprocess_cfg.items()}
+            self._transform = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+        return self._transform
 
     def load_input(self, pointer: Any) -> Any:
         image = read_xray(Path(pointer))
-        if self._transform is None:
-            self.model  # noqa: B018 - the transform comes with the model
         try:
-            return self._transform(image)
+            return self.transform(image)
         except (ValueError, OSError) as exc:
             raise InputError(f"cannot preprocess image ({type(exc).__name__})", "preprocess") from None
 
@@ -108,8 +148,7 @@ class OpenClipImageEncoder(Encoder):
         return self.model.encode_image(batch, normalize=False)
 
     def preprocessing(self) -> dict[str, Any]:
-        cfg = dict(self.model.visual.preprocess_cfg)
-        return {"reader": "read_xray/1", **json.loads(canonical_json({k: v for k, v in cfg.items()}))}
+        return {"reader": "read_xray/1", **self.preprocess_cfg}
 
     def weights_identity(self) -> str:
         if self.is_tiny:
@@ -120,6 +159,15 @@ class OpenClipImageEncoder(Encoder):
         if self.weights.startswith("local-dir:"):
             return weights_identity(self.weights[len("local-dir:") :])
         return f"{self.architecture}:sha256:{file_sha256(Path(self.weights))}"
+
+
+def _preprocess_cfg(model_cfg: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """open_clip's eval preprocessing for this model: defaults, the tower's image size, the config's overlay."""
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    size = model_cfg.get("vision_cfg", {}).get("image_size", 224)
+    merged = merge_preprocess_dict(PreprocessCfg(size=size), overlay)
+    return json.loads(canonical_json(dataclasses.asdict(PreprocessCfg(**merged))))
 
 
 def _register(name: str, dim: int, default_weights: str, description: str) -> None:
