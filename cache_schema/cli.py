@@ -89,9 +89,9 @@ def verify(path: Path = typer.Argument(..., help="A cache folder, or a root (ver
     bad = 0
     for folder in _resolve(path):
         problems = verify_cache(folder)
-        damaged = [p for p in problems if "not finalised" not in p]
         for problem in problems:
-            console.print(f"[red]{problem}[/red]" if problem in damaged else f"[yellow]{problem}[/yellow]")
+            console.print(f"[red]{problem}[/red]" if problem.kind == "damaged" else f"[yellow]{problem}[/yellow]")
+        damaged = [p for p in problems if p.kind == "damaged"]
         if not damaged:
             console.print(f"[green]ok[/green] {folder}")
         bad += len(damaged)

@@ -38,7 +38,10 @@ class Fingerprint:
         inference_dtype: dtype the forward pass runs in (``float32``, ``bfloat16``, ...).
         storage_dtype: dtype requested on disk (``float16`` default, ``float32`` on request).
         dim: output dimension per sample.
-        input_hash: hash of the manifest rows (sample ids and pointers) this cache was built from.
+        input_hash: hash of the manifest rows (sample ids and pointers) this cache was built from; stage two
+            checks it against its manifest without needing the raw files.
+        input_files: hash of the pointed-to files' sizes and modification times (``stat:...``) or contents
+            (``xxh3:...``), so a changed file is a new cache; empty for text and inline values.
         schema_version: on-disk schema version.
     """
 
@@ -52,6 +55,7 @@ class Fingerprint:
     storage_dtype: str = "float16"
     dim: int = 0
     input_hash: str = ""
+    input_files: str = ""
     schema_version: int = CACHE_SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:

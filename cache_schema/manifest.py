@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from .atomic import atomic_write_bytes
 from .errors import ManifestError
 from .fingerprint import hash_rows
+from .shards import file_checksum
 
 MANIFEST_SCHEMA_VERSION = 1
 METADATA_KEY = b"adacomed"
@@ -250,6 +251,28 @@ class Manifest:
                 pointer = "values:" + hashlib.sha256(np.asarray(value, dtype=np.float32).tobytes()).hexdigest()
             rows.append((sid, pointer))
         return hash_rows(rows)
+
+    def input_files_hash(self, modality: str, mode: str = "stat") -> str:
+        """Hash of the files a path modality points to: ``stat`` (size, mtime) or ``content`` (xxh3 of bytes).
+
+        Missing files count as missing (the extraction records them as errors). Empty for text/values modalities.
+        """
+        source = self._source(modality)
+        if source.kind != "path":
+            return ""
+        if mode not in ("stat", "content"):
+            raise ValueError(f"input hash mode {mode!r} is not one of ['stat', 'content']")
+        rows = []
+        for sid, path in self.modality_items(modality):
+            try:
+                if mode == "stat":
+                    stat = os.stat(path)
+                    rows.append((sid, f"{stat.st_size}:{stat.st_mtime_ns}"))
+                else:
+                    rows.append((sid, file_checksum(path)))
+            except FileNotFoundError:
+                rows.append((sid, "missing"))
+        return f"{'stat' if mode == 'stat' else 'xxh3'}:{hash_rows(rows)}"
 
     def labels(self, task: str) -> pd.Series:
         """Labels of a task indexed by sample id (float: 1.0, 0.0, NaN for excluded)."""

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import CacheIncomplete, CacheNotFound
+from .errors import CacheIncomplete, CacheNotFound, CorruptShard
 from .fingerprint import Fingerprint
 from .shards import ShardReader
-from .store import ShardPlan, slug
+from .store import slug
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,17 @@ class CacheSummary:
     n_shards_committed: int
     n_shards_planned: int
     n_errors: int
+
+
+def _sidecar_of(path: Path, data_file: str) -> dict[str, Any]:
+    """The commit record of a data file ``shards/shard-00003-of-00008.<checksum>.h5``."""
+    shard = Path(data_file).name.split(".", 1)[0]
+    return json.loads((path / "shards" / f"{shard}.json").read_text())
+
+
+def sidecars(path: Path) -> list[dict[str, Any]]:
+    """Every parseable commit record of a cache folder, in shard order."""
+    return _sidecars(path)
 
 
 def _sidecars(path: Path) -> list[dict[str, Any]]:
@@ -134,7 +145,15 @@ class EmbeddingCache:
             self.complete = False
         else:
             raise CacheIncomplete(f"cache {self.path} has no index.json (not finalised)")
-        self._records = [json.loads((self.path / f).with_suffix(".json").read_text()) for f in files]
+        self._records = [_sidecar_of(self.path, f) for f in files]
+        for record in self._records:
+            data = self.path / record["file"]
+            size = data.stat().st_size if data.exists() else None
+            if size != record["bytes"]:
+                raise CorruptShard(
+                    f"{data}: {'missing' if size is None else f'{size} bytes'}, its commit record "
+                    f"says {record['bytes']} bytes; run `adacomed-cache verify` and re-extract"
+                )
         self._shards = [ShardReader(self.path / f) for f in files]
         ids = [s.ids for s in self._shards]
         self.ids: np.ndarray = np.concatenate(ids) if ids else np.empty(0, dtype=object)
@@ -213,7 +232,10 @@ class EmbeddingCache:
         return self.read_positions(self.positions(ids), array)
 
     def read_positions(self, positions: np.ndarray, array: str = "embeddings") -> np.ndarray:
+        """Rows at integer positions (0 <= position < len(cache)), in the given order (a copy)."""
         positions = np.asarray(positions, dtype=np.int64)
+        if positions.size and (positions.min() < 0 or positions.max() >= len(self.ids)):
+            raise IndexError(f"positions must be in [0, {len(self.ids)}) for cache {self.path}")
         if len(self._shards) == 1:
             return np.asarray(self._shards[0].array(array)[positions])
         out = np.empty((len(positions), *self.shape(array)), dtype=self.dtype(array))
@@ -229,7 +251,9 @@ class EmbeddingCache:
         import torch
 
         values = self.read_all(array) if ids is None else self.read(ids, array)
-        tensor = torch.from_numpy(np.array(values))  # copy: memory maps are read-only
+        if isinstance(values, np.memmap) or not values.flags.writeable:
+            values = np.array(values)  # read-only memory map: torch needs its own copy
+        tensor = torch.from_numpy(values)
         if dtype is not None:
             return tensor.to(dtype)
         return tensor.float() if tensor.is_floating_point() else tensor
@@ -239,7 +263,3 @@ class EmbeddingCache:
         """Per-sample failures recorded by the writers: ``sample_id, stage, reason, shard``."""
         rows = [{**err, "shard": rec["shard"]} for rec in self._records for err in rec.get("errors", [])]
         return pd.DataFrame(rows, columns=["sample_id", "stage", "reason", "shard"])
-
-    def plan(self) -> ShardPlan:
-        data = json.loads((self.path / "plan.json").read_text())
-        return ShardPlan(n_shards=data["n_shards"], rows_per_shard=data["rows_per_shard"])

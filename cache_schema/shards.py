@@ -35,8 +35,8 @@ def storage_array(values: np.ndarray, storage_dtype: str) -> np.ndarray:
         return np.ascontiguousarray(values, dtype=np.float32)
     if storage_dtype != "float16":
         raise ValueError(f"storage dtype {storage_dtype!r} is not one of ['float16', 'float32']")
-    finite = values[np.isfinite(values)]
-    if finite.size and float(np.abs(finite).max()) > FLOAT16_MAX:
+    largest = float(np.max(np.abs(values), where=np.isfinite(values), initial=0.0)) if values.size else 0.0
+    if largest > FLOAT16_MAX:
         return np.ascontiguousarray(values, dtype=np.float32)
     return np.ascontiguousarray(values, dtype=np.float16)
 
@@ -72,7 +72,7 @@ def write_shard_file(
         columns = {"sample_id": pa.array(ids, type=pa.string())}
         shapes = {}
         for name, arr in arrays.items():
-            flat = np.ascontiguousarray(arr).reshape(n, -1)
+            flat = np.ascontiguousarray(arr).reshape(n, int(np.prod(arr.shape[1:], dtype=np.int64)))
             width = flat.shape[1]
             values = pa.array(flat.reshape(-1)) if flat.size else pa.array([], type=pa.from_numpy_dtype(arr.dtype))
             columns[name] = pa.FixedSizeListArray.from_arrays(values, width)

@@ -4,21 +4,24 @@ Layout::
 
     fingerprint.json            the full fingerprint (diff it to see why a cache is another)
     plan.json                   rows per shard and shard count, fixed by the first writer
-    shards/shard-00003-of-00008.h5    immutable once committed
-    shards/shard-00003-of-00008.json  the commit record (sidecar): rows, bytes, checksum, errors
+    shards/shard-00003-of-00008.<xxh3>.h5   immutable once committed; named by its own checksum
+    shards/shard-00003-of-00008.json        the commit record (sidecar): file, rows, bytes, checksum, errors
     claims/shard-00003.claim    "I am computing this shard" (host, pid); an optimisation, never a "done" marker
     _tmp/                       in-progress writes only
     index.json                  written by finalize once every planned shard is committed
 
-Commit protocol per shard: write ``_tmp/<name>.<host>.<pid>.<uuid>.tmp``, fsync, checksum (xxh3-64),
-``os.replace`` into ``shards/``, fsync the folder, then write the sidecar the same way. The sidecar is the
-commit: a shard without a sidecar does not exist for readers, so a kill at any moment leaves a committed shard
-or none. Two writers of one shard each write their own temp file; the last rename wins and both are complete.
+Commit protocol per shard: write ``_tmp/<name>.<host>.<pid>.<uuid>.tmp``, fsync, checksum (xxh3-64), rename it
+into ``shards/`` under a name that carries its checksum, fsync the folder, then write the sidecar the same way.
+The sidecar's rename is the single commit point: a data file no sidecar names does not exist for readers, so a
+kill at any moment leaves a committed shard or none. Two writers of one shard write two differently named data
+files; whichever sidecar lands last names its own complete file, never the other writer's bytes. Unreferenced
+data files and temp files of dead writers are removed later (``collect_garbage``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import socket
@@ -38,6 +41,7 @@ from .shards import FORMATS, ShardFormat, file_checksum, storage_array, write_sh
 
 DEFAULT_ROWS_PER_SHARD = 32768  # ~64 MB at 1024-d float16; ~330 MB at 5120-d
 CLAIM_LEASE_SECONDS = 600.0
+logger = logging.getLogger("adacomed.cache")
 
 
 def slug(name: str) -> str:
@@ -121,7 +125,15 @@ class CacheDir:
             if existing["n_items"] != n_items:
                 raise CacheError(f"{plan_path} was planned for {existing['n_items']} items, this run has {n_items}")
             plan = ShardPlan(n_shards=existing["n_shards"], rows_per_shard=existing["rows_per_shard"])
+            if existing["rows_per_shard"] != rows_per_shard or existing.get("format", self.format) != self.format:
+                logger.warning(
+                    "%s was planned by an earlier run (%d rows per shard, format %s); keeping that plan",
+                    plan_path,
+                    existing["rows_per_shard"],
+                    existing.get("format", self.format),
+                )
             self.format = existing.get("format", self.format)
+        self.collect_garbage()
         return plan
 
     def load_plan(self) -> ShardPlan:
@@ -165,9 +177,8 @@ class CacheDir:
         """Write, checksum and atomically commit one shard; returns its commit record (metadata only)."""
         arrays = {name: storage_array(arr, self.fingerprint.storage_dtype) for name, arr in arrays.items()}
         name = plan.name(index)
-        final = self.shards_dir / f"{name}{FORMATS[self.format]}"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        tmp = temp_name(final, self.tmp_dir)
+        tmp = temp_name(self.shards_dir / f"{name}{FORMATS[self.format]}", self.tmp_dir)
         try:
             write_shard_file(
                 tmp,
@@ -178,6 +189,7 @@ class CacheDir:
             )
             checksum = file_checksum(tmp)
             size = tmp.stat().st_size
+            final = self.shards_dir / f"{name}.{checksum}{FORMATS[self.format]}"
             os.replace(tmp, final)
         finally:
             if tmp.exists():
@@ -223,17 +235,32 @@ class CacheDir:
             except FileExistsError:
                 if not self._claim_is_stale(path, lease_seconds):
                     return False
-                stale = path.with_name(f"{path.name}.stale.{os.getpid()}.{time.monotonic_ns()}")
-                try:
-                    os.rename(path, stale)  # only one taker wins the rename
-                    stale.unlink()
-                except FileNotFoundError:
-                    pass
+                self._take_over_stale(path)
                 continue
             with os.fdopen(fd, "w") as fh:
                 json.dump({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}, fh)
             return True
         return False
+
+    def _take_over_stale(self, path: Path) -> None:
+        """Move a stale claim away; if what moved was not the stale claim (someone replaced it), put it back."""
+        try:
+            seen = path.read_bytes()
+        except FileNotFoundError:
+            return
+        aside = path.with_name(f"{path.name}.stale.{os.getpid()}.{time.monotonic_ns()}")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return
+        if aside.read_bytes() == seen:
+            aside.unlink()
+            return
+        try:  # we moved a fresh claim of another taker: restore it unless a third one already claimed
+            os.link(aside, path)
+        except FileExistsError:
+            pass
+        aside.unlink()
 
     def _claim_is_stale(self, path: Path, lease_seconds: float) -> bool:
         try:
@@ -241,8 +268,8 @@ class CacheDir:
             age = time.time() - path.stat().st_mtime
         except (FileNotFoundError, json.JSONDecodeError):
             return True
-        if info.get("host") == socket.gethostname() and "pid" in info and not _pid_alive(int(info["pid"])):
-            return True
+        if info.get("host") == socket.gethostname() and "pid" in info:
+            return not _pid_alive(int(info["pid"]))  # a live owner on this host is never stale, however slow
         return age > lease_seconds
 
     def refresh_claim(self, index: int) -> None:
@@ -268,7 +295,14 @@ class CacheDir:
         if len(records) != plan.n_shards:
             return None
         shards = [records[i] for i in range(plan.n_shards)]
-        dims = {json.dumps(rec["arrays"]) for rec in shards if rec["rows"]}
+        accounted = sum(rec["rows"] + len(rec["errors"]) for rec in shards)
+        n_items = json.loads((self.path / "plan.json").read_text())["n_items"]
+        if accounted != n_items:
+            raise CacheError(
+                f"{self.path}: committed shards account for {accounted} samples (rows + errors), the plan has "
+                f"{n_items}; the shards were written from different inputs"
+            )
+        shapes = {json.dumps({k: v["shape"] for k, v in rec["arrays"].items()}) for rec in shards if rec["rows"]}
         index = {
             "schema_version": CACHE_SCHEMA_VERSION,
             "cache_key": self.fingerprint.key,
@@ -278,14 +312,51 @@ class CacheDir:
             "rows": sum(rec["rows"] for rec in shards),
             "bytes": sum(rec["bytes"] for rec in shards),
             "n_errors": sum(len(rec["errors"]) for rec in shards),
-            "arrays_consistent": len(dims) <= 1,
             "shards": [{k: rec[k] for k in ("shard", "file", "rows", "bytes", "checksum", "arrays")} for rec in shards],
             "created_at": _now(),
         }
+        if len(shapes) > 1:
+            raise CacheError(f"{self.path}: shards disagree on array shapes: {sorted(shapes)}")
         atomic_write_json(self.path / "index.json", index)
         for leftover in self.claims_dir.glob("*.claim"):
             leftover.unlink(missing_ok=True)
+        self.collect_garbage(plan)
         return index
+
+    def collect_garbage(self, plan: ShardPlan | None = None, min_age_seconds: float = CLAIM_LEASE_SECONDS) -> int:
+        """Remove temp files of dead writers and data files no commit record names; returns how many.
+
+        A temp file is removed when its writer (host and pid are in its name) is a dead process on this host, or
+        when it is older than ``min_age_seconds``. An unreferenced data file (the loser of a duplicate commit,
+        or a kill between the data rename and the sidecar) is removed once older than ``min_age_seconds``, so a
+        writer between its two renames is never robbed of its file.
+        """
+        removed = 0
+        now = time.time()
+        host = socket.gethostname().replace("/", "_")
+        candidates = list(self.tmp_dir.glob("*.tmp")) + list(self.shards_dir.glob(".*.tmp"))
+        for tmp in candidates:
+            parts = tmp.name.rsplit(".", 4)  # .<final name>.<host>.<pid>.<uuid>.tmp
+            dead = len(parts) == 5 and parts[1] == host and parts[2].isdigit() and not _pid_alive(int(parts[2]))
+            try:
+                old = now - tmp.stat().st_mtime > min_age_seconds
+            except FileNotFoundError:
+                continue
+            if dead or old:
+                tmp.unlink(missing_ok=True)
+                removed += 1
+        if plan is not None:
+            named = {rec["file"] for rec in self.committed(plan).values()}
+            for data in self.shards_dir.glob("shard-*"):
+                if data.suffix == ".json" or f"shards/{data.name}" in named:
+                    continue
+                try:
+                    if now - data.stat().st_mtime > min_age_seconds:
+                        data.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+        return removed
 
 
 def check_shard(cache_dir: Path, record: dict[str, Any]) -> None:

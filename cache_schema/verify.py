@@ -4,30 +4,38 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CorruptShard
+from .reader import sidecars
 from .store import check_shard
 
 
-def verify_cache(path: str | os.PathLike) -> list[str]:
+@dataclass(frozen=True)
+class Problem:
+    """One finding of :func:`verify_cache`: ``damaged`` (a shard's bytes are wrong) or ``unfinished``."""
+
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def verify_cache(path: str | os.PathLike) -> list[Problem]:
     """Problems found in one cache folder (empty list = healthy). Names each damaged shard."""
     path = Path(path)
-    problems: list[str] = []
+    problems: list[Problem] = []
     index_path = path / "index.json"
     if index_path.exists():
         records = json.loads(index_path.read_text())["shards"]
     else:
-        problems.append(f"{path}: not finalised (no index.json); checking the committed shards only")
-        records = []
-        for sidecar in sorted((path / "shards").glob("shard-*.json")):
-            try:
-                records.append(json.loads(sidecar.read_text()))
-            except json.JSONDecodeError:
-                problems.append(f"{sidecar}: commit record is not valid JSON")
+        problems.append(Problem("unfinished", f"{path}: not finalised (no index.json); checked committed shards"))
+        records = sidecars(path)
     for record in records:
         try:
             check_shard(path, record)
         except CorruptShard as exc:
-            problems.append(str(exc))
+            problems.append(Problem("damaged", str(exc)))
     return problems

@@ -9,10 +9,11 @@ from rich.table import Table
 
 from ..cache_schema import CacheError
 from ..cache_schema.cli import wide_console
+from ..cache_schema.store import DEFAULT_ROWS_PER_SHARD
 from .encoders import get_spec, list_encoders
 from .errors import ExtractError, SampleFailed
 from .progress import sample_progress
-from .runner import ExtractConfig, RunSummary, plan_job, run_local, slurm_shard_index
+from .runner import ExtractConfig, RunSummary, plan_job, run_local, slurm_array_split
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = wide_console(stderr=True)
@@ -103,11 +104,16 @@ def extract(
     storage_dtype: str = typer.Option("float16", "--storage-dtype", help="float16 (default) or float32 on disk."),
     shard_format: str = typer.Option("h5", "--format", help="Shard format: h5 (default) or parquet."),
     rows_per_shard: int = typer.Option(
-        32768, "--rows-per-shard", help="Samples per shard file (fixed by the first run)."
+        DEFAULT_ROWS_PER_SHARD, "--rows-per-shard", help="Samples per shard file (fixed by the first run)."
     ),
-    num_shards: int = typer.Option(1, "--num-shards", help="Split the work into N parts (e.g. a SLURM array)."),
+    num_shards: int = typer.Option(
+        None, "--num-shards", help="Split the work into N parts; default: the SLURM array's task count, or 1."
+    ),
     shard_index: int = typer.Option(
-        None, "--shard-index", help="Which part this process runs; default: $SLURM_ARRAY_TASK_ID or 0."
+        None, "--shard-index", help="Which part this process runs; default: from $SLURM_ARRAY_TASK_ID, or 0."
+    ),
+    input_hash: str = typer.Option(
+        "stat", "--input-hash", help="Key the cache on input files' size+mtime (stat) or their bytes (content)."
     ),
     executor: str = typer.Option("local", "--executor", help="local (this process) or dask."),
     scheduler_address: str = typer.Option(None, "--scheduler-address", help="Existing dask scheduler (tcp://...)."),
@@ -129,6 +135,7 @@ def extract(
     if executor not in ("local", "dask"):
         console.print(f"[red]error:[/red] --executor {executor!r} is not one of local, dask")
         raise typer.Exit(2)
+    array = slurm_array_split()
     try:
         config = ExtractConfig(
             manifest=manifest,
@@ -145,8 +152,9 @@ def extract(
             storage_dtype=storage_dtype,
             shard_format=shard_format,
             rows_per_shard=rows_per_shard,
-            num_shards=num_shards,
-            shard_index=slurm_shard_index() if shard_index is None else shard_index,
+            num_shards=num_shards if num_shards is not None else (array or (1, 0))[0],
+            shard_index=shard_index if shard_index is not None else (array or (1, 0))[1],
+            input_hash_mode=input_hash,
         )
         job = plan_job(config)
         console.print(

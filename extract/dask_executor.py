@@ -10,31 +10,55 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from typing import Any
 
 from distributed import WorkerPlugin
 
-from .runner import ExtractConfig, ExtractionJob, RunSummary, ShardResult, extract_shard, plan_job
+from .errors import ExtractError
+from .runner import (
+    ExtractConfig,
+    ExtractionJob,
+    RunSummary,
+    ShardResult,
+    extract_shard,
+    plan_job,
+    result_from_record,
+)
 
 
 class ExtractionPlugin(WorkerPlugin):
-    """Holds one planned extraction per worker process; the encoder's model loads lazily, once."""
+    """Holds one planned extraction per worker process; the encoder's model loads lazily, once.
 
-    def __init__(self, config: dict[str, Any]):
+    The worker re-plans from the manifest and must arrive at the driver's cache key: a worker whose environment
+    resolves other weights (another HF cache, other files) refuses instead of writing a different cache.
+    """
+
+    def __init__(self, config: dict[str, Any], cache_key: str):
         self.config = config
+        self.cache_key = cache_key
         self.job: ExtractionJob | None = None
 
     def setup(self, worker: Any) -> None:
         self.job = None
+        self._lock = threading.Lock()  # made on the worker: locks do not travel
 
     def teardown(self, worker: Any) -> None:
         self.job = None
 
     def get_job(self) -> ExtractionJob:
-        if self.job is None:
-            self.job = plan_job(ExtractConfig(**self.config))
-        return self.job
+        with self._lock:  # a worker with several threads loads the model once
+            if self.job is None:
+                job = plan_job(ExtractConfig(**self.config))
+                if job.fingerprint.key != self.cache_key:
+                    raise ExtractError(
+                        f"this worker computes cache key {job.fingerprint.key}, the driver {self.cache_key}: its "
+                        "weights, inputs or code differ from the driver's; fix the worker environment"
+                    )
+                job.encoder.model  # noqa: B018 - load under the lock
+                self.job = job
+            return self.job
 
 
 def _extract_shard_task(plugin_name: str, index: int) -> dict[str, Any]:
@@ -43,7 +67,7 @@ def _extract_shard_task(plugin_name: str, index: int) -> dict[str, Any]:
     job = get_worker().plugins[plugin_name].get_job()
     record = job.cache.read_sidecar(job.plan, index)
     if record is not None:
-        return dataclasses.asdict(ShardResult(index, record["rows"], len(record["errors"]), 0.0, skipped=True))
+        return dataclasses.asdict(result_from_record(record))
     return dataclasses.asdict(extract_shard(job, index))
 
 
@@ -59,9 +83,14 @@ def run_dask(
     scheduler_address: str | None = None,
     n_workers: int = 2,
     progress: Any = None,
-    retries: int = 2,
+    retries: int = 0,
 ) -> RunSummary:
-    """Submit this process's uncommitted shards to dask and wait; finalise when every shard is committed."""
+    """Submit this process's uncommitted shards to dask and wait; finalise when every shard is committed.
+
+    A lost worker is handled by the scheduler (its task re-runs elsewhere, up to ``allowed-failures``); task
+    ``retries`` stay 0 by default because a task that raised (a bad sample with ``--on-error fail``) would fail
+    the same way again.
+    """
     from distributed import Client, LocalCluster, as_completed
 
     start = time.perf_counter()
@@ -79,7 +108,7 @@ def run_dask(
         client = Client(cluster)
     plugin_name = f"adacomed-extract-{job.fingerprint.key}"
     try:
-        client.register_plugin(ExtractionPlugin(config_to_dict(job.config)), name=plugin_name)
+        client.register_plugin(ExtractionPlugin(config_to_dict(job.config), job.fingerprint.key), name=plugin_name)
         results: list[ShardResult] = []
         todo = []
         for index in job.my_shards():
@@ -87,7 +116,7 @@ def run_dask(
             if record is None:
                 todo.append(index)
             else:
-                results.append(ShardResult(index, record["rows"], len(record["errors"]), 0.0, skipped=True))
+                results.append(result_from_record(record))
         task = None
         if progress is not None:
             task = progress.add_task(

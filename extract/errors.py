@@ -17,6 +17,9 @@ class InputError(ExtractError):
         self.reason = reason
         self.stage = stage
 
+    def __reduce__(self) -> tuple:  # picklable across dask workers
+        return (type(self), (self.reason, self.stage))
+
 
 class SampleFailed(ExtractError):
     """Raised with ``--on-error fail``: names the sample, the stage and the cause."""
@@ -26,6 +29,9 @@ class SampleFailed(ExtractError):
         self.sample_id = sample_id
         self.stage = stage
         self.reason = reason
+
+    def __reduce__(self) -> tuple:  # picklable across dask workers
+        return (type(self), (self.sample_id, self.stage, self.reason))
 
 
 class WeightsError(ExtractError):

@@ -10,6 +10,7 @@ work, commits each shard atomically, and finalises the cache when every planned 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,7 @@ class ExtractConfig:
     num_shards: int = 1  # this run takes shards i with i % num_shards == shard_index
     shard_index: int = 0
     wait_for_others: bool = True  # wait for shards claimed by live concurrent runs, then finalise
+    input_hash_mode: str = "stat"  # key the cache on input files' size+mtime ("stat") or their bytes ("content")
 
     def __post_init__(self) -> None:
         self.manifest = Path(self.manifest)
@@ -58,6 +60,8 @@ class ExtractConfig:
             raise ExtractError(f"--shard-index must be in [0, {self.num_shards}); got {self.shard_index}")
         if self.batch_size < 1:
             raise ExtractError("--batch-size must be at least 1")
+        if self.input_hash_mode not in ("stat", "content"):
+            raise ExtractError(f"--input-hash {self.input_hash_mode!r} is not one of stat, content")
 
     @property
     def encoder_name(self) -> str:
@@ -121,21 +125,63 @@ def plan_job(config: ExtractConfig, encoder: Encoder | None = None) -> Extractio
     if not items:
         raise ExtractError(f"manifest {config.manifest} has no rows with modality {config.modality!r}")
     encoder = encoder or config.build_encoder()
-    if encoder.embed_dim <= 0:  # e.g. precomputed features without a dim option: learn it from the first sample
-        first = sorted(items)[0]
-        try:
-            encoder.load_input(items[first])
-        except InputError as exc:
-            raise ExtractError(
-                f"{encoder.spec.name} needs its output dim: sample {first!r} could not be read ({exc.reason}); "
-                "pass --option dim=N"
-            ) from None
-        if encoder.embed_dim <= 0:
-            raise ExtractError(f"{encoder.spec.name} could not determine its output dim; pass --option dim=N")
-    fingerprint = encoder.fingerprint(config.modality, manifest.input_hash(config.modality), config.storage_dtype)
+    if encoder.embed_dim <= 0:  # e.g. precomputed features without a dim option: learn it from the data
+        _learn_dim(encoder, items)
+    fingerprint = encoder.fingerprint(
+        config.modality,
+        manifest.input_hash(config.modality),
+        config.storage_dtype,
+        manifest.input_files_hash(config.modality, config.input_hash_mode),
+    )
     cache = CacheDir(config.cache, fingerprint, config.shard_format)  # type: ignore[arg-type]
     plan = cache.initialise(len(items), config.rows_per_shard)
     return ExtractionJob(config, encoder, items, sorted(items), cache, plan)
+
+
+def _learn_dim(encoder: Encoder, items: dict[str, Any], tries: int = 32) -> None:
+    """Read samples in id order until one is readable; its size fixes the encoder's output dim."""
+    reasons = []
+    for sample_id in sorted(items)[:tries]:
+        try:
+            encoder.load_input(items[sample_id])
+        except InputError as exc:
+            reasons.append(f"{sample_id}: {exc.reason}")
+            continue
+        if encoder.embed_dim > 0:
+            return
+    raise ExtractError(
+        f"{encoder.spec.name} could not learn its output dim from the first {min(tries, len(items))} samples "
+        f"({'; '.join(reasons[:3]) or 'no size'}); pass --option dim=N"
+    )
+
+
+def run_environment(encoder: Encoder) -> dict[str, Any]:
+    """Library versions and device of a run: recorded in every commit record, not part of the cache key."""
+    import platform
+
+    import torch
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": encoder.device,
+        "dtype": encoder.dtype_name,
+    }
+    for package in ("transformers", "open_clip", "timm"):
+        module = sys.modules.get(package)
+        if module is not None:
+            env[package] = getattr(module, "__version__", "unknown")
+    if encoder.device.startswith("cuda") and torch.cuda.is_available():
+        env["cuda"] = torch.version.cuda
+        env["gpu"] = torch.cuda.get_device_name(torch.device(encoder.device))
+        env["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+        env["tf32_cudnn"] = torch.backends.cudnn.allow_tf32
+    return env
+
+
+def result_from_record(record: dict[str, Any]) -> ShardResult:
+    """A shard committed earlier, as this run's result."""
+    return ShardResult(record["index"], record["rows"], len(record["errors"]), 0.0, skipped=True)
 
 
 # --------------------------------------------------------------------- one shard
@@ -164,18 +210,27 @@ def _decoded(job: ExtractionJob, ids: Sequence[str], pool: ThreadPoolExecutor | 
         yield fut.result()
 
 
+MAX_CONSECUTIVE_MODEL_FAILURES = 8
+
+
 def extract_shard(
     job: ExtractionJob,
     index: int,
     on_progress: Callable[[int], None] | None = None,
 ) -> ShardResult:
-    """Compute and commit one shard. With ``on_error='fail'`` a bad sample raises and nothing is committed."""
+    """Compute and commit one shard. With ``on_error='fail'`` a bad sample raises and nothing is committed.
+
+    Failures that are not a sample's fault stop the run instead of being recorded per sample: the model cannot
+    load, or the forward fails on many samples in a row (a wrong device, a too-long max length, ...).
+    """
     start = time.perf_counter()
     cfg = job.config
+    job.encoder.model  # noqa: B018 - load now: a weights or device problem is the run's, not a sample's
     ids = job.plan.ids_of(job.sorted_ids, index)
     done_ids: list[str] = []
     outputs: list[np.ndarray] = []
     errors: list[dict[str, str]] = []
+    model_failures = 0
 
     def fail_or_record(sample_id: str, stage: str, reason: str) -> None:
         if cfg.on_error == "fail":
@@ -183,17 +238,25 @@ def extract_shard(
         errors.append({"sample_id": sample_id, "stage": stage, "reason": reason})
 
     def flush(batch_ids: list[str], batch: list[Any]) -> None:
+        nonlocal model_failures
         if not batch:
             return
         try:
             out = job.encoder.encode(job.encoder.collate(batch)).numpy()
         except Exception as exc:  # noqa: BLE001 - retry one by one to find the sample that breaks the model
-            if len(batch) == 1:
-                fail_or_record(batch_ids[0], "encode", f"{type(exc).__name__} in the model forward")
+            if len(batch) > 1:
+                for sid, sample in zip(batch_ids, batch):
+                    flush([sid], [sample])
                 return
-            for sid, sample in zip(batch_ids, batch):
-                flush([sid], [sample])
+            model_failures += 1
+            if model_failures >= MAX_CONSECUTIVE_MODEL_FAILURES:
+                raise ExtractError(
+                    f"the model forward failed on {model_failures} samples in a row ({type(exc).__name__}: "
+                    f"{str(exc)[:300]}); this is not a per-sample problem, so the run stops"
+                ) from exc
+            fail_or_record(batch_ids[0], "encode", f"{type(exc).__name__} in the model forward")
             return
+        model_failures = 0
         if out.shape != (len(batch), job.encoder.embed_dim):
             raise ExtractError(
                 f"encoder {job.encoder.spec.name} returned shape {out.shape}, expected ({len(batch)}, "
@@ -219,8 +282,8 @@ def extract_shard(
                 batch.append(sample)
             if len(batch) == cfg.batch_size:
                 flush(batch_ids, batch)
-                job.cache.refresh_claim(index)
                 batch_ids, batch = [], []
+            job.cache.refresh_claim(index)
             if on_progress:
                 on_progress(1)
         flush(batch_ids, batch)
@@ -228,7 +291,9 @@ def extract_shard(
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     embeddings = np.stack(outputs) if outputs else np.zeros((0, job.encoder.embed_dim), dtype=np.float32)
-    job.cache.commit_shard(job.plan, index, done_ids, {"embeddings": embeddings}, errors)
+    job.cache.commit_shard(
+        job.plan, index, done_ids, {"embeddings": embeddings}, errors, extra={"env": run_environment(job.encoder)}
+    )
     return ShardResult(index, len(done_ids), len(errors), time.perf_counter() - start)
 
 
@@ -250,7 +315,7 @@ def run_local(job: ExtractionJob, progress: Any = None, poll_seconds: float = 0.
         record = job.cache.read_sidecar(job.plan, index)
         if record is None:
             return False
-        results.append(ShardResult(index, record["rows"], len(record["errors"]), 0.0, skipped=True))
+        results.append(result_from_record(record))
         advance(len(job.plan.ids_of(job.sorted_ids, index)))
         return True
 
@@ -289,9 +354,21 @@ def run_local(job: ExtractionJob, progress: Any = None, poll_seconds: float = 0.
     )
 
 
-def slurm_shard_index(default: int = 0) -> int:
-    """``SLURM_ARRAY_TASK_ID`` minus ``SLURM_ARRAY_TASK_MIN`` when running inside a job array."""
+def slurm_array_split() -> tuple[int, int] | None:
+    """(parts, this part) inside a SLURM job array, from its task id, min, step and count; None outside one.
+
+    ``--array=0-15:4`` runs tasks 0, 4, 8, 12: four parts, indices 0..3.
+    """
     task = os.environ.get("SLURM_ARRAY_TASK_ID")
     if task is None:
-        return default
-    return int(task) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+        return None
+    step = int(os.environ.get("SLURM_ARRAY_TASK_STEP", "1") or 1)
+    index = (int(task) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))) // step
+    count = os.environ.get("SLURM_ARRAY_TASK_COUNT")
+    if count is None:
+        count = str(
+            (int(os.environ.get("SLURM_ARRAY_TASK_MAX", task)) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0")))
+            // step
+            + 1
+        )
+    return int(count), index

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from adacomed.cache_schema import (
     CacheDir,
     CacheIncomplete,
     CacheNotFound,
+    CorruptShard,
     EmbeddingCache,
     Fingerprint,
     Manifest,
@@ -124,6 +126,7 @@ def test_every_fingerprint_field_changes_the_key():
         "storage_dtype": "float32",
         "dim": 16,
         "input_hash": "h2",
+        "input_files": "stat:other",
         "schema_version": 99,
     }
     assert set(changes) == {f.name for f in dataclasses.fields(Fingerprint)}
@@ -213,7 +216,8 @@ def test_flipped_byte_is_caught_by_verify(tmp_path):
     data[len(data) - 20] ^= 0xFF
     shard.write_bytes(bytes(data))
     problems = verify_cache(cache.path)
-    assert len(problems) == 1 and shard.name in problems[0] and "xxh3_64" in problems[0]
+    assert len(problems) == 1 and problems[0].kind == "damaged"
+    assert shard.name in problems[0].message and "xxh3_64" in problems[0].message
 
 
 def test_partial_cache_is_refused_unless_allowed(tmp_path):
@@ -280,3 +284,109 @@ def test_plan_is_fixed_by_the_first_writer(tmp_path):
     first = CacheDir(tmp_path / "cache", _fp(), "h5").initialise(10, 4)
     second = CacheDir(tmp_path / "cache", _fp(), "h5").initialise(10, 3)
     assert first == second and first.n_shards == 3
+
+
+def test_duplicate_writers_never_mix_data_and_record(tmp_path):
+    """Two writers of one shard: whichever commit record lands last names its own complete data file."""
+    cache = CacheDir(tmp_path / "cache", _fp(), "h5")
+    plan = cache.initialise(2, 4)
+    first = np.full((2, 8), 1.0, np.float32)
+    second = np.full((2, 8), 2.0, np.float32)
+    cache.commit_shard(plan, 0, ["a", "b"], {"embeddings": first}, errors=[])
+    cache.commit_shard(plan, 0, ["a", "b"], {"embeddings": second}, errors=[])
+    assert len(list(cache.shards_dir.glob("shard-00000-of-00001.*.h5"))) == 2  # both complete, differently named
+    cache.finalize(plan)
+    assert verify_cache(cache.path) == []
+    np.testing.assert_array_equal(EmbeddingCache(cache.path).read_all(), second.astype(np.float16))
+    assert cache.collect_garbage(plan, min_age_seconds=0) == 1  # the loser's file goes
+    assert len(list(cache.shards_dir.glob("shard-00000-of-00001.*.h5"))) == 1
+    np.testing.assert_array_equal(EmbeddingCache(cache.path).read_all(), second.astype(np.float16))
+
+
+def test_parquet_shard_with_no_rows(tmp_path):
+    cache = CacheDir(tmp_path / "cache", _fp(), "parquet")
+    plan = cache.initialise(1, 4)
+    cache.commit_shard(
+        plan,
+        0,
+        [],
+        {"embeddings": np.zeros((0, 8), np.float32)},
+        errors=[{"sample_id": "a", "stage": "read", "reason": "file not found"}],
+    )
+    assert cache.finalize(plan) is not None
+    read = EmbeddingCache(cache.path)
+    assert len(read) == 0 and read.read_all().shape == (0, 8) and len(read.errors()) == 1
+
+
+def test_changed_input_file_changes_the_files_hash(tmp_path):
+    (tmp_path / "img").mkdir()
+    for i in range(6):
+        (tmp_path / "img" / f"{i}.png").write_bytes(b"x" * (i + 1))
+    manifest = Manifest(_table(), _info(), base_dir=tmp_path)
+    before = manifest.input_files_hash("xray")
+    content = manifest.input_files_hash("xray", mode="content")
+    (tmp_path / "img" / "3.png").write_bytes(b"different pixels")
+    assert manifest.input_files_hash("xray") != before
+    assert manifest.input_files_hash("xray", mode="content") != content
+    assert manifest.input_hash("xray") == Manifest(_table(), _info(), base_dir=tmp_path).input_hash("xray")
+    assert manifest.input_files_hash("notes") == ""
+
+
+def test_disk_full_while_writing_leaves_nothing_visible(tmp_path, monkeypatch):
+    import errno
+
+    from adacomed.cache_schema import store
+
+    cache = CacheDir(tmp_path / "cache", _fp(), "h5")
+    plan = cache.initialise(2, 4)
+
+    def full(path, *args, **kwargs):
+        path.write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store, "write_shard_file", full)
+    with pytest.raises(OSError, match="No space left"):
+        cache.commit_shard(plan, 0, ["a", "b"], {"embeddings": np.zeros((2, 8), np.float32)})
+    assert cache.committed(plan) == {}
+    assert list(cache.shards_dir.iterdir()) == [] and list(cache.tmp_dir.iterdir()) == []
+
+
+def test_dead_writers_temp_files_are_collected(tmp_path):
+    cache = CacheDir(tmp_path / "cache", _fp(), "h5")
+    plan = cache.initialise(2, 4)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = os.uname().nodename
+    orphan = cache.tmp_dir / f".shard-00000-of-00001.h5.{host}.{int(dead.stdout)}.abcd1234.tmp"
+    orphan.write_bytes(b"half a shard")
+    mine = cache.tmp_dir / f".shard-00000-of-00001.h5.{host}.{os.getpid()}.abcd1234.tmp"
+    mine.write_bytes(b"being written")
+    assert cache.collect_garbage(plan) == 1
+    assert not orphan.exists() and mine.exists()
+
+
+def test_reads_work_with_hdf5_file_locking_disabled(tmp_path):
+    cache = _commit_all(tmp_path, "h5", np.ones((3, 8), np.float32), ["a", "b", "c"])
+    code = (
+        "import sys; from adacomed.cache_schema import EmbeddingCache;"
+        "print(EmbeddingCache(sys.argv[1]).read(['b']).shape)"
+    )
+    env = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"}
+    out = subprocess.run([sys.executable, "-c", code, str(cache.path)], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout.strip() == "(1, 8)"
+
+
+def test_truncated_shard_is_named_on_open(tmp_path):
+    cache = _commit_all(tmp_path, "h5", np.ones((3, 8), np.float32), ["a", "b", "c"])
+    shard = next(cache.shards_dir.glob("*.h5"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(CorruptShard, match=shard.name):
+        EmbeddingCache(cache.path)
+
+
+def test_a_live_owner_keeps_its_claim_past_the_lease(tmp_path):
+    cache = CacheDir(tmp_path / "cache", _fp(), "h5")
+    cache.initialise(4, 4)
+    assert cache.try_claim(0)
+    claim = cache.claims_dir / "shard-00000.claim"
+    os.utime(claim, (0, 0))  # ancient: the lease ran out, but the owner (this process) is alive on this host
+    assert not cache.try_claim(0, lease_seconds=1)

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from adacomed.cache_schema import EmbeddingCache, Manifest, open_cache, verify_cache
+from adacomed.extract.errors import ExtractError
 from adacomed.extract.runner import ExtractConfig, plan_job, run_local
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -160,12 +161,13 @@ def test_kill9_at_random_points_then_resume_is_bit_identical(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         partial = open_cache(cache, "xray", allow_partial=True)
-        assert all("not finalised" in p for p in verify_cache(partial.path))  # nothing damaged is visible
+        assert all(p.kind == "unfinished" for p in verify_cache(partial.path))  # nothing damaged is visible
         assert set(partial.ids) <= set(reference.ids)
         np.testing.assert_array_equal(np.asarray(partial.read_all()), reference.read(list(partial.ids)))
         run_extract(cohort, cache, *extra)
         _same(reference, _cache(cache))
         assert verify_cache(_cache(cache).path) == []
+        assert list(_cache(cache).path.joinpath("_tmp").iterdir()) == []  # the killed writer's temp is collected
     assert interrupted >= 2, "the kills mostly landed after the run finished; the test did not test much"
 
 
@@ -230,3 +232,43 @@ def test_png_16bit_and_rgb_inputs_are_accepted(tmp_path):
     Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(img / "0002.png")
     summary = run_local(plan_job(_config(manifest_path, tmp_path / "cache")))
     assert summary.rows_written == 3 and summary.errors == 0
+
+
+def test_a_model_that_fails_on_every_sample_stops_the_run(cohort, tmp_path, monkeypatch):
+    """Not a per-sample problem (wrong device, too long inputs...): the run stops and commits nothing."""
+    job = plan_job(_config(cohort, tmp_path, rows_per_shard=24, batch_size=4))
+
+    def broken(batch):
+        raise RuntimeError("Expected all tensors to be on the same device")
+
+    monkeypatch.setattr(job.encoder, "forward", broken)
+    with pytest.raises(ExtractError, match="failed on 8 samples in a row.*same device"):
+        run_local(job)
+    assert job.cache.committed(job.plan) == {}
+
+
+def test_weights_that_cannot_load_stop_the_run(cohort, tmp_path):
+    run = run_extract(cohort, tmp_path, "--encoder", "dinov2-base", "--weights", str(tmp_path / "nowhere"), check=False)
+    assert run.returncode == 2 and "nowhere" in run.stderr
+    assert not list(tmp_path.glob("xray/*/*/shards/*.json"))
+
+
+def test_slurm_array_split_handles_steps_and_counts(monkeypatch):
+    from adacomed.extract.runner import slurm_array_split
+
+    for name in (
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_ARRAY_TASK_MIN",
+        "SLURM_ARRAY_TASK_MAX",
+        "SLURM_ARRAY_TASK_STEP",
+        "SLURM_ARRAY_TASK_COUNT",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    assert slurm_array_split() is None
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "8")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "0")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MAX", "12")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_STEP", "4")  # --array=0-15:4 -> tasks 0, 4, 8, 12
+    assert slurm_array_split() == (4, 2)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
+    assert slurm_array_split() == (4, 2)

@@ -117,7 +117,9 @@ class Encoder(ABC):
             return torch.autocast("cuda", dtype=getattr(torch, self.dtype_name))
         return contextlib.nullcontext()
 
-    def fingerprint(self, modality: str, input_hash: str, storage_dtype: str = "float16") -> Fingerprint:
+    def fingerprint(
+        self, modality: str, input_hash: str, storage_dtype: str = "float16", input_files: str = ""
+    ) -> Fingerprint:
         return Fingerprint(
             modality=modality,
             encoder=self.spec.name,
@@ -129,13 +131,19 @@ class Encoder(ABC):
             storage_dtype=storage_dtype,
             dim=self.embed_dim,
             input_hash=input_hash,
+            input_files=input_files,
         )
 
 
 def resolve_dtype_name(dtype: str, device: str) -> str:
     """``auto`` is bfloat16 on CUDA and float32 elsewhere; names are torch dtype names."""
     if dtype == "auto":
-        return "bfloat16" if device.startswith("cuda") else "float32"
+        if not device.startswith("cuda"):
+            return "float32"
+        import torch
+
+        # bf16 where the card has it (Ampere and later); fp16 on T4/V100-class cards.
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float16"
     aliases = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16", "float": "float32"}
     name = aliases.get(dtype, dtype)
     if name not in ("float32", "float16", "bfloat16"):
@@ -184,7 +192,22 @@ def file_sha256(path: Path) -> str:
     return value
 
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".model", ".txt")
+# Files whose bytes decide a model's output: weights, configs, tokenizers, and code (trust_remote_code).
+WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".json",
+    ".model",
+    ".txt",
+    ".py",
+    ".gguf",
+    ".msgpack",
+    ".h5",
+    ".tiktoken",
+)
 
 
 def weights_identity(weights: str) -> str:
@@ -206,16 +229,24 @@ def weights_identity(weights: str) -> str:
 
 
 def resolve_hub_revision(repo_id: str) -> str:
-    """The commit of a hub repo in the local HF cache (offline); ``unresolved`` if it is not cached."""
-    try:
-        from huggingface_hub import scan_cache_dir
+    """The commit ``refs/main`` points to in the local HF cache (what ``from_pretrained`` loads offline).
 
-        for repo in scan_cache_dir().repos:
-            if repo.repo_id == repo_id and repo.revisions:
-                return sorted(repo.revisions, key=lambda r: r.last_modified)[-1].commit_hash
-    except Exception:  # noqa: BLE001 - a missing or unreadable HF cache just means "unresolved"
-        pass
-    return "unresolved"
+    Raises:
+        WeightsError: the repo is not in the local cache; the cache key would not know what it embeds.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    if not isinstance(cached, str):
+        cached = try_to_load_from_cache(repo_id, "open_clip_config.json")
+    if isinstance(cached, str):
+        parts = Path(cached).parts
+        if "snapshots" in parts:
+            return parts[parts.index("snapshots") + 1]
+    raise WeightsError(
+        f"{repo_id!r} is not in the local Hugging Face cache; download it once (huggingface-cli download {repo_id}) "
+        "or pass --weights with a local folder"
+    )
 
 
 # ------------------------------------------------------------------ registry

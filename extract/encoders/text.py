@@ -80,6 +80,29 @@ class TextEncoder(Encoder):
         self.embed_dim = self._declared_hidden_size()
         if self.embed_dim <= 0:
             raise WeightsError(f"{spec.name}: cannot find hidden_size in {self.weights!r}/config.json")
+        positions = self._declared_max_positions()
+        if positions is not None and self.max_length > positions:
+            raise ExtractError(
+                f"{spec.name}: max_length {self.max_length} exceeds the model's {positions} positions; every longer "
+                f"note would fail in the forward. Use --option max_length={positions} or less"
+            )
+
+    def _declared_max_positions(self) -> int | None:
+        """``max_position_embeddings`` of the config, when it declares one (LLaMA/Mistral with RoPE do not limit)."""
+        if self.is_tiny:
+            return None
+        config = _find_config_json(self.weights)
+        if config is None:
+            return None
+        try:
+            data = json.loads(config.read_text())
+        except json.JSONDecodeError:
+            return None
+        # Absolute position embeddings (BERT family) hard-limit the length; rotary models merely degrade.
+        if data.get("position_embedding_type", "absolute") != "absolute" or "rope_theta" in data:
+            return None
+        value = data.get("max_position_embeddings")
+        return int(value) if isinstance(value, int) else None
 
     def _declared_hidden_size(self) -> int:
         if self.is_tiny:

@@ -113,8 +113,9 @@ def _read_dicom(path: Path, force: bool) -> Image.Image:
         pixels = pixels[0]  # multi-frame: the first frame is the projection radiograph
     elif samples == 3 and pixels.ndim == 4:
         pixels = pixels[0]
-    if samples == 3:
-        return Image.fromarray(scale_to_uint8(pixels), mode="RGB")
+    if samples == 3:  # colour DICOM: 8-bit stays as stored; deeper data is scaled by its own range
+        rgb = pixels if pixels.dtype == np.uint8 else scale_to_uint8(pixels)
+        return Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
     if pixels.ndim != 2:
         raise InputError(f"DICOM {path.name} pixel array has unexpected shape {pixels.shape}", "decode")
     try:
