@@ -225,6 +225,8 @@ def weights_identity(weights: str) -> str:
         for file in files:
             digest.update(f"{file.relative_to(path)}:{file_sha256(file)}\n".encode())
         return "sha256:" + digest.hexdigest()
+    if weights.startswith(("/", ".", "~")) or weights.count("/") > 1:
+        raise WeightsError(f"weights path {weights!r} does not exist (and is not a hub id like org/name)")
     return f"hf:{weights}@{resolve_hub_revision(weights)}"
 
 
@@ -236,9 +238,12 @@ def resolve_hub_revision(repo_id: str) -> str:
     """
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(repo_id, "config.json")
-    if not isinstance(cached, str):
-        cached = try_to_load_from_cache(repo_id, "open_clip_config.json")
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json")
+        if not isinstance(cached, str):
+            cached = try_to_load_from_cache(repo_id, "open_clip_config.json")
+    except ValueError as exc:  # not a valid hub id (HFValidationError)
+        raise WeightsError(f"{repo_id!r} is neither an existing local path nor a valid hub id ({exc})") from None
     if isinstance(cached, str):
         parts = Path(cached).parts
         if "snapshots" in parts:
