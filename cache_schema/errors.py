@@ -23,3 +23,19 @@ class CacheIncomplete(CacheError):
 
 class CorruptShard(CacheError):
     """A committed shard's bytes do not match its commit record."""
+
+
+class InputError(CacheError):
+    """One sample's raw input cannot be used (unreadable file, empty note, wrong shape).
+
+    ``stage`` says where it failed (``read``, ``decode``, ``preprocess``, ``encode``, ``output``); ``reason`` is a
+    short description safe to log (no patient text).
+    """
+
+    def __init__(self, reason: str, stage: str = "read"):
+        super().__init__(reason)
+        self.reason = reason
+        self.stage = stage
+
+    def __reduce__(self) -> tuple:  # picklable across dask workers
+        return (type(self), (self.reason, self.stage))

@@ -295,12 +295,14 @@ class CacheDir:
         if len(records) != plan.n_shards:
             return None
         shards = [records[i] for i in range(plan.n_shards)]
-        accounted = sum(rec["rows"] + len(rec["errors"]) for rec in shards)
+        rows = sum(rec["rows"] for rec in shards)
+        errors = sum(len(rec["errors"]) for rec in shards)
         n_items = json.loads((self.path / "plan.json").read_text())["n_items"]
-        if accounted != n_items:
+        # Every planned sample is a row, an error, or both (a prepared input kept as "missing" with its error).
+        if rows > n_items or rows + errors < n_items:
             raise CacheError(
-                f"{self.path}: committed shards account for {accounted} samples (rows + errors), the plan has "
-                f"{n_items}; the shards were written from different inputs"
+                f"{self.path}: committed shards hold {rows} rows and {errors} errors for a plan of {n_items} "
+                "samples; the shards were written from different inputs"
             )
         shapes = {json.dumps({k: v["shape"] for k, v in rec["arrays"].items()}) for rec in shards if rec["rows"]}
         index = {

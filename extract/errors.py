@@ -1,24 +1,10 @@
 """Errors of stage one. Messages name the sample and the cause, never the content of a note or prompt."""
 
+from ..cache_schema.errors import InputError  # noqa: F401  (re-exported: one "bad input" type for both stages)
+
 
 class ExtractError(Exception):
     """Base class for extraction errors."""
-
-
-class InputError(ExtractError):
-    """One sample's raw input cannot be used (unreadable file, empty note, wrong shape).
-
-    ``stage`` says where it failed (``read``, ``decode``, ``preprocess``, ``encode``, ``output``); ``reason`` is a
-    short description safe to log (no patient text).
-    """
-
-    def __init__(self, reason: str, stage: str = "read"):
-        super().__init__(reason)
-        self.reason = reason
-        self.stage = stage
-
-    def __reduce__(self) -> tuple:  # picklable across dask workers
-        return (type(self), (self.reason, self.stage))
 
 
 class SampleFailed(ExtractError):

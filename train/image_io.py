@@ -1,9 +1,9 @@
-"""Small-model X-ray input: decode PNG/JPEG (Pillow) or DICOM (pydicom), grey, letterbox to 256 x 256 uint8.
+"""Small-model X-ray input: decode the image pointer, grey, letterbox to 256 x 256 uint8.
 
 Supplement 4.2: keep the aspect ratio (the longer side becomes 256), zero-pad to 256 x 256; cropping and
-normalisation happen later, inside the model, so an epoch never decodes a file. The padding is centred. DICOM:
-modality LUT, VOI LUT (window), MONOCHROME1 inverted so bone is bright, then min-max to 0..255. Stage one has its
-own reader in ``extract``; this is a deliberately small private copy because ``train`` never imports ``extract``.
+normalisation happen later, inside the model, so an epoch never decodes a file. The padding is centred.
+Decoding (PNG/JPEG, DICOM with modality and VOI LUTs, MONOCHROME1 inverted) is the contract's
+:mod:`adacomed.cache_schema.raw_images`, the same decoder the large image encoders use.
 """
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from ..cache_schema.errors import InputError
+from ..cache_schema.raw_images import read_xray
 
 IMAGE_SIZE = 256
 
@@ -20,65 +23,12 @@ class ImageReadError(ValueError):
     """The file is not a readable image; the message names the cause (never any patient data)."""
 
 
-def _is_dicom(path: Path) -> bool:
-    if path.suffix.lower() in (".dcm", ".dicom"):
-        return True
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def _to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """Min-max a grey array to uint8 (an 8-bit image is kept as it is)."""
-    if pixels.dtype == np.uint8:
-        return pixels
-    pixels = pixels.astype(np.float64)
-    if not np.isfinite(pixels).all():
-        raise ImageReadError("pixel values contain NaN or inf")
-    low, high = float(pixels.min()), float(pixels.max())
-    if high <= low:
-        return np.zeros(pixels.shape, dtype=np.uint8)
-    return np.round((pixels - low) / (high - low) * 255.0).astype(np.uint8)
-
-
-def _read_dicom(path: Path) -> np.ndarray:
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    try:
-        dataset = pydicom.dcmread(path)
-        pixels = dataset.pixel_array
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for broken or unsupported files
-        raise ImageReadError(f"unreadable DICOM ({type(exc).__name__}: {exc})") from exc
-    if pixels.ndim == 3 and getattr(dataset, "SamplesPerPixel", 1) == 1:
-        pixels = pixels[0]  # multi-frame: the first frame
-    if pixels.ndim != 2:
-        raise ImageReadError(f"DICOM pixel data has shape {pixels.shape}; expected one grey frame")
-    pixels = apply_voi_lut(apply_modality_lut(pixels, dataset), dataset).astype(np.float64)
-    if getattr(dataset, "PhotometricInterpretation", "") == "MONOCHROME1":
-        pixels = pixels.max() - pixels
-    return _to_uint8(pixels)
-
-
-def _read_pillow(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                return _to_uint8(np.asarray(image))
-            return np.asarray(image.convert("L"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ImageReadError(f"unreadable image ({type(exc).__name__}: {exc})") from exc
-
-
 def read_grey(path: Path) -> np.ndarray:
     """A 2-D uint8 grey image from PNG/JPEG/any Pillow format or DICOM."""
-    if not path.is_file():
-        raise ImageReadError("file not found")
-    return _read_dicom(path) if _is_dicom(path) else _read_pillow(path)
+    try:
+        return np.asarray(read_xray(path).convert("L"))
+    except InputError as exc:
+        raise ImageReadError(exc.reason) from None
 
 
 def letterbox(grey: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
