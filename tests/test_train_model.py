@@ -30,6 +30,7 @@ from adacomed.train.weighting import (
     inverse_weight,
     learnable_weight,
     threshold_weight,
+    weighting_warnings,
 )
 
 
@@ -111,24 +112,56 @@ def test_presets_equal_table_2_and_3() -> None:
 
 
 # -------------------------------------------------------------------------------------------------- losses
-def test_contrastive_loss_matches_per_element_loops() -> None:
-    rng = np.random.default_rng(0)
-    large, small = rng.normal(size=(5, 8)), rng.normal(size=(5, 8))
-    sim, loss = contrastive_loss(torch.tensor(large), torch.tensor(small), temperature=0.07)
+def _reference_infonce(large: np.ndarray, small: np.ndarray, temperature: float = 0.07):
+    """Per-element loops, independent of the code under test: (sim, one-way loss, symmetric loss) per sample."""
     b = len(large)
     logits = np.zeros((b, b))
     for i in range(b):
         for j in range(b):
             cosine = large[i] @ small[j] / (np.linalg.norm(large[i]) * np.linalg.norm(small[j]))
-            logits[i, j] = cosine / 0.07
+            logits[i, j] = cosine / temperature
+    sims, one_way, symmetric = [], [], []
     for i in range(b):
-        row = -logits[i, i] + math.log(sum(math.exp(logits[i, j]) for j in range(b)))
+        exp_pos = math.exp(logits[i, i])
+        sum_neg = sum(math.exp(logits[i, j]) for j in range(b) if j != i)
+        row = -math.log(exp_pos / (exp_pos + sum_neg))  # the authors' -log(exp_pos / (exp_pos + sum_neg))
         col = -logits[i, i] + math.log(sum(math.exp(logits[j, i]) for j in range(b)))
-        assert float(loss[i]) == pytest.approx(0.5 * (row + col), rel=1e-6)
-        mean_negative = sum(math.exp(logits[i, j]) for j in range(b) if j != i) / (b - 1)
-        expected_sim = math.exp(logits[i, i]) / (math.exp(logits[i, i]) + mean_negative)
-        assert float(sim[i]) == pytest.approx(expected_sim, rel=1e-6)
+        one_way.append(row)
+        symmetric.append(0.5 * (row + col))
+        sims.append(1.0 if b == 1 else exp_pos / (exp_pos + sum_neg / (b - 1)))
+    return np.array(sims), np.array(one_way), np.array(symmetric)
+
+
+def test_contrastive_loss_matches_per_element_loops() -> None:
+    rng = np.random.default_rng(0)
+    large, small = rng.normal(size=(5, 8)), rng.normal(size=(5, 8))
+    expected_sim, one_way, symmetric = _reference_infonce(large, small)
+    sim, loss = contrastive_loss(torch.tensor(large), torch.tensor(small), temperature=0.07)
+    np.testing.assert_allclose(loss.numpy(), one_way, rtol=1e-6)  # the default is one-way large -> small
+    np.testing.assert_allclose(sim.numpy(), expected_sim, rtol=1e-6)  # B - 1 negatives in the mean
+    sim_sym, loss_sym = contrastive_loss(torch.tensor(large), torch.tensor(small), symmetric=True)
+    np.testing.assert_allclose(loss_sym.numpy(), symmetric, rtol=1e-6)
+    torch.testing.assert_close(sim_sym, sim)  # sim is the large -> small row either way
+    assert not np.allclose(one_way, symmetric)
     assert bool(((sim > 0) & (sim <= 1)).all())
+
+
+def test_contrastive_loss_with_valid_rows_equals_those_rows_alone() -> None:
+    rng = np.random.default_rng(2)
+    large, small = torch.tensor(rng.normal(size=(6, 8))), torch.tensor(rng.normal(size=(6, 8)))
+    valid = torch.tensor([True, False, True, True, False, True])
+    for symmetric in (False, True):
+        sim, loss = contrastive_loss(large, small, symmetric=symmetric, valid=valid)
+        sim_alone, loss_alone = contrastive_loss(large[valid], small[valid], symmetric=symmetric)
+        torch.testing.assert_close(sim[valid], sim_alone)
+        torch.testing.assert_close(loss[valid], loss_alone)
+        assert torch.equal(loss[~valid], torch.zeros(2, dtype=loss.dtype))
+        assert torch.equal(sim[~valid], torch.ones(2, dtype=sim.dtype))
+    lone = torch.tensor([False, True, False, False, False, False])
+    sim, loss = contrastive_loss(large.requires_grad_(), small, valid=lone)
+    assert float(sim[1].detach()) == 1.0 and float(loss.sum().detach()) == pytest.approx(0.0, abs=1e-6)
+    loss.sum().backward()
+    assert torch.isfinite(large.grad).all()
 
 
 def test_contrastive_sim_is_stable_and_one_for_a_single_sample() -> None:
@@ -234,6 +267,33 @@ def test_mome_backward_has_finite_gradients_with_missing_rows() -> None:
     assert all(torch.isfinite(p.grad).all() for p in mome.parameters() if p.grad is not None)
 
 
+def test_mome_final_norm_is_per_token_and_missing_slots_stay_zero() -> None:
+    torch.manual_seed(0)
+    mome = MoME(DIMS, d_small=30, n_heads=1).eval()  # 30 // 3 = 10 per token, no final linear: slots are visible
+    present = torch.tensor([[True, False, True], [True, True, True]])
+    out = mome(_feats(2), present).view(2, 3, 10)
+    assert torch.equal(out[0, 1], torch.zeros(10))  # the missing modality's slot is zero, not a normalised value
+    slots = out[present]  # each present slot is normalised on its own (LayerNorm at init: mean 0, var 1)
+    torch.testing.assert_close(slots.mean(-1), torch.zeros(len(slots)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(slots.var(-1, unbiased=False), torch.ones(len(slots)), atol=1e-3, rtol=0)
+
+
+def test_mome_heads_must_divide_the_token_dimension() -> None:
+    mome = MoME(DIMS, d_small=36, n_heads=4)  # 36 // 3 = 12
+    assert mome.attention.num_heads == 4
+    with pytest.raises(ValueError, match=r"mome_heads=5 .* d_small // M = 36 // 3 = 12"):
+        MoME(DIMS, d_small=36, n_heads=5)
+    model = CollaborativeModel(DIMS, 36, PRESETS["mortality"], "inverse", mome_heads=3)
+    assert model.mome.attention.num_heads == 3
+
+
+def test_threshold_at_or_above_one_is_warned() -> None:
+    assert weighting_warnings("threshold", ABLATION_PRESETS["lambda"])  # Table 3: t = 2.5
+    assert "small-only in effect" in weighting_warnings("threshold", ABLATION_PRESETS["d"])[0]
+    assert weighting_warnings("threshold", PRESETS["mortality"]) == []
+    assert weighting_warnings("inverse", ABLATION_PRESETS["lambda"]) == []
+
+
 # --------------------------------------------------------------------------------------------- small model
 def _small_batch(batch: int = 3) -> tuple[SmallModelConfig, dict[str, torch.Tensor]]:
     config = SmallModelConfig(
@@ -337,15 +397,54 @@ def test_collab_loss_follows_listing_1(weighting: str) -> None:
     out = model(_feats(6), present, torch.randn(6, 32))
     target = torch.tensor([1.0, 0, 0, 1, 0, 1])
     losses = model.loss(out, target)
-    sim, contrastive = contrastive_loss(out.large_proj, out.small_proj)
-    w_large, w_small = adaptive_weight(weighting, sim.mean(), PRESETS["mortality"])
+    sims, one_way, _ = _reference_infonce(
+        out.large_proj.detach().double().numpy(), out.small_proj.detach().double().numpy()
+    )
+    sim_mean = torch.tensor(sims.mean(), dtype=torch.float32)
+    w_large, w_small = adaptive_weight(weighting, sim_mean, PRESETS["mortality"])
     logits = w_large * out.large_logits + w_small * out.small_logits
     task = task_loss(logits, target).mean()
-    torch.testing.assert_close(losses["loss"], task + 0.59 * contrastive.mean())
-    torch.testing.assert_close(losses["task_loss"], task)
-    torch.testing.assert_close(losses["logits"], logits)
-    torch.testing.assert_close(losses["sim_mean"], sim.mean())
-    assert float(losses["w_large"].detach()) == pytest.approx(float(w_large.detach()))
+    torch.testing.assert_close(losses["loss"], task + 0.59 * float(one_way.mean()), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(losses["task_loss"], task, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses["contrastive_loss"].double(), torch.tensor(one_way.mean()), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses["logits"], logits, rtol=1e-5, atol=1e-6)
+    assert float(losses["sim_mean"].detach()) == pytest.approx(sims.mean(), rel=1e-5)
+    assert float(losses["w_large"].detach()) == pytest.approx(float(w_large), rel=1e-5)
+
+
+def test_collab_symmetric_contrastive_is_opt_in() -> None:
+    torch.manual_seed(0)
+    model = CollaborativeModel(DIMS, 32, PRESETS["mortality"], "inverse", contrastive_symmetric=True).eval()
+    out = model(_feats(5), torch.ones(5, 3, dtype=torch.bool), torch.randn(5, 32))
+    _, _, symmetric = _reference_infonce(
+        out.large_proj.detach().double().numpy(), out.small_proj.detach().double().numpy()
+    )
+    assert float(model.loss(out, torch.zeros(5))["contrastive_loss"].detach()) == pytest.approx(
+        symmetric.mean(), rel=1e-5
+    )
+
+
+def test_collab_contrastive_and_sim_skip_samples_without_large_inputs() -> None:
+    model = _collab("inverse").eval()
+    present = torch.tensor([[True, True, True], [False, False, False], [True, False, True], [False] * 3, [True] * 3])
+    small_feat = torch.randn(5, 32)
+    out = model(_feats(5), present, small_feat)
+    target = torch.tensor([1.0, 0, 1, 0, 1])
+    losses = model.loss(out, target)
+    rows = [0, 2, 4]
+    sims, one_way, _ = _reference_infonce(
+        out.large_proj.detach()[rows].double().numpy(), out.small_proj.detach()[rows].double().numpy()
+    )
+    assert float(losses["sim_mean"].detach()) == pytest.approx(sims.mean(), rel=1e-5)
+    assert float(losses["contrastive_loss"].detach()) == pytest.approx(one_way.mean(), rel=1e-5)
+    w_large, w_small = inverse_weight(torch.tensor(sims.mean(), dtype=torch.float32), 0.59, 0.71)
+    fused = torch.where(present.any(1), w_large * out.large_logits + w_small * out.small_logits, out.small_logits)
+    torch.testing.assert_close(losses["task_loss"], task_loss(fused, target).mean(), rtol=1e-5, atol=1e-6)  # all rows
+    # Fewer than two samples with a large modality: no contrastive term, sim.mean() = 1.
+    for lone in ([True, False, False, False, False], [False] * 5):
+        only = present & torch.tensor(lone)[:, None]
+        few = model.loss(model(_feats(5), only, small_feat), target)
+        assert float(few["contrastive_loss"].detach()) == 0.0 and float(few["sim_mean"].detach()) == 1.0
 
 
 def test_collab_inverse_weights_are_not_detached() -> None:
@@ -364,8 +463,11 @@ def test_collab_learnable_uses_softmax_of_fusion_weights() -> None:
     losses = model.loss(out, target)
     w = torch.softmax(torch.tensor([0.3, -0.2]), 0)
     logits = w[0] * out.large_logits + w[1] * out.small_logits
-    _, contrastive = contrastive_loss(out.large_proj, out.small_proj)
-    torch.testing.assert_close(losses["loss"], task_loss(logits, target).mean() + 0.59 * contrastive.mean())
+    _, one_way, _ = _reference_infonce(
+        out.large_proj.detach().double().numpy(), out.small_proj.detach().double().numpy()
+    )
+    expected = task_loss(logits, target).mean() + 0.59 * float(one_way.mean())
+    torch.testing.assert_close(losses["loss"], expected, rtol=1e-5, atol=1e-5)
     losses["loss"].backward()
     assert model.fusion_weights.grad is not None and model.fusion_weights.grad.abs().sum() > 0
 

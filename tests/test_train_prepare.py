@@ -251,3 +251,64 @@ def test_mmist_precomputed_features_become_vectors(mmist_root: Path, tmp_path: P
     with np.load(ct[0], allow_pickle=False) as data:
         np.testing.assert_array_equal(prepared.arrays["ct_features.values"][0], data["arr_0"].reshape(-1))
     assert prepared.errors.empty
+
+
+def _series_manifest(folder: Path, files: dict[str, dict[str, np.ndarray]], splits: list[str]) -> Manifest:
+    (folder / "series").mkdir(exist_ok=True)
+    for name, arrays in files.items():
+        np.savez(folder / "series" / f"{name}.npz", **arrays)
+    ids = list(files)
+    table = pd.DataFrame({"sample_id": ids, "subject_id": ids, "split": splits, "series": [f"{n}.npz" for n in ids]})
+    info = ManifestInfo(
+        small_inputs={"vitals": SmallInput(column="series", kind="timeseries", options={"root": "series"})}
+    )
+    return Manifest(table, info, base_dir=folder)
+
+
+def test_timeseries_keeps_only_the_window_and_bins_per_hour(tmp_path: Path) -> None:
+    hours = np.arange(0, 52, 2, dtype=np.float32)  # a 2-hourly grid, rows at 48 and 50 h are past the window
+    values = (100.0 + hours)[:, None].astype(np.float32)
+    irregular = np.array([0.2, 0.7, 3.5, 47.9, 48.0, 50.0], dtype=np.float32)  # two rows inside hour 0
+    files = {
+        "a": {"values": values, "hours": hours, "variables": np.array(["hr"])},
+        "b": {
+            "values": np.array([[1.0], [3.0], [5.0], [7.0], [1e6], [1e6]], dtype=np.float32),
+            "hours": irregular,
+            "variables": np.array(["hr"]),
+        },
+    }
+    manifest = _series_manifest(tmp_path, files, ["train", "test"])
+    prepared = prepare_small_inputs(manifest, tmp_path / "cache", show_progress=False)
+    grid, observed = prepared.arrays["vitals.values"], prepared.arrays["vitals.mask"]
+    assert grid.shape == (2, 48, 1)
+    assert observed[0, :, 0].tolist() == [t % 2 == 0 for t in range(48)]  # odd hours: no row, masked
+    fingerprint = json.loads((prepared.cache_paths["vitals"] / "fingerprint.json").read_text())
+    mean, std = fingerprint["preprocessing"]["mean"][0], fingerprint["preprocessing"]["std"][0]
+    train_hours = np.arange(0, 48, 2)  # the fitted statistics never see hours 48 and 50 either
+    assert mean == pytest.approx((100.0 + train_hours).mean()) and std == pytest.approx((100.0 + train_hours).std())
+    np.testing.assert_allclose(grid[0, 46, 0] * std + mean, 146.0, rtol=1e-5)  # the last row inside 48 h
+    np.testing.assert_allclose(grid[1, [0, 3, 47], 0] * std + mean, [2.0, 5.0, 7.0], rtol=1e-5)  # 0 h: mean of 1, 3
+    assert observed[1, :, 0].sum() == 3 and np.abs(grid[1]).max() < 100  # nothing at or after 48 h leaked in
+
+
+def test_fit_ids_restrict_what_is_learned(tmp_path: Path) -> None:
+    table = pd.DataFrame(
+        {
+            "sample_id": ["a", "b", "c", "d"],
+            "subject_id": ["a", "b", "c", "d"],
+            "split": ["train", "train", "train", "test"],
+            "age": [10.0, 20.0, 90.0, 50.0],
+        }
+    )
+    info = ManifestInfo(small_inputs={"age": SmallInput(column="age", kind="numerical")})
+    manifest = Manifest(table, info, base_dir=tmp_path)
+    everything = prepare_small_inputs(manifest, tmp_path / "cache", show_progress=False)
+    fitted = prepare_small_inputs(manifest, tmp_path / "cache", fit_ids=["a", "b"], show_progress=False)
+    np.testing.assert_allclose(fitted.arrays["tabular.numerical"][:, 0], (np.array([10, 20, 90, 50]) - 15) / 5)
+    assert fitted.cache_paths["tabular"] != everything.cache_paths["tabular"]  # another fit: another cache
+    same = prepare_small_inputs(manifest, tmp_path / "cache", fit_ids=["a", "b", "c"], show_progress=False)
+    assert same.cache_paths["tabular"] == everything.cache_paths["tabular"]  # every train row: the same cache
+    with pytest.raises(ValueError, match=r"fit rows must be manifest train rows.*'d' in split 'test'"):
+        prepare_small_inputs(manifest, tmp_path / "cache", fit_ids=["a", "d"], show_progress=False)
+    with pytest.raises(KeyError, match="'zz'"):
+        prepare_small_inputs(manifest, tmp_path / "cache", fit_ids=["zz"], show_progress=False)

@@ -12,14 +12,25 @@ import pandas as pd
 import pytest
 import tomllib
 import torch
+from rich.console import Console
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from adacomed.cache_schema import CacheDir, Fingerprint, Manifest, ManifestInfo, ModalitySource, SmallInput, TaskSpec
-from adacomed.train.checkpoint import ResumeError
+from adacomed.train.checkpoint import ResumeError, load_checkpoint
 from adacomed.train.cli import app
-from adacomed.train.config import ConfigError, TrainConfig, apply_mapping, apply_overrides, load_config_file
-from adacomed.train.data import DataError
-from adacomed.train.loop import parse_pos_weight, train_run
+from adacomed.train.collab import CollaborativeModel
+from adacomed.train.config import (
+    ConfigError,
+    TrainConfig,
+    apply_mapping,
+    apply_overrides,
+    load_config_file,
+    resolved_preset,
+)
+from adacomed.train.data import DataError, load_task_data
+from adacomed.train.loop import evaluate, parse_pos_weight, train_run, train_small
+from adacomed.train.small_model import SmallModel
 from adacomed.train.weighting import WEIGHTINGS
 
 N_SAMPLES = 150
@@ -187,25 +198,34 @@ def test_same_seed_same_predictions_and_val_carve(tmp_path):
     second = train_run(tiny_config(manifest, cache, tmp_path / "b", epochs=2, small_epochs=2))
     pd.testing.assert_frame_equal(first.predictions, second.predictions)
     counts = first.predictions.split.value_counts()
-    assert counts["val"] == pytest.approx(0.15 * (100 + 20 - 1), abs=2)  # carved from train (one NaN label there)
+    assert counts["val"] == pytest.approx(0.15 * (100 + 20 - 1), abs=3)  # carved from train (one NaN label there)
     other = train_run(tiny_config(manifest, cache, tmp_path / "c", epochs=2, small_epochs=2, seed=1))
     assert not np.allclose(other.predictions.prob_fused, first.predictions.prob_fused)
-    # --small-checkpoint: stage (a) is skipped and the given small model is used as is.
-    reused = train_run(
-        tiny_config(
-            manifest,
-            cache,
-            tmp_path / "d",
-            epochs=1,
-            seed=3,
-            small_checkpoint=str(other.run_dir / "small_model.safetensors"),
-        )
-    )
+    # --small-checkpoint: stage (a) is skipped and the given small model is used as is (same carve: seed 1).
+    given = str(other.run_dir / "small_model.safetensors")
+    reused = train_run(tiny_config(manifest, cache, tmp_path / "d", epochs=1, seed=1, lr=1e-3, small_checkpoint=given))
     assert (
         reused.metrics["auroc"]["test"]["small_model_stage_a"] == other.metrics["auroc"]["test"]["small_model_stage_a"]
     )
+    # Another seed carves another validation set, some of it in the given model's train samples: refused.
+    with pytest.raises(ValueError, match=r"trained on \d+ samples of this run's val split"):
+        train_run(tiny_config(manifest, cache, tmp_path / "e", epochs=1, seed=3, small_checkpoint=given))
+    saved = json.loads((other.run_dir / "small_model.json").read_text())
+    assert saved["task"] == "mortality" and saved["train_ids"] == sorted(
+        other.predictions.sample_id[other.predictions.split == "train"]
+    )
+    relabelled = tmp_path / "relabelled"
+    relabelled.mkdir()
+    shutil.copy(other.run_dir / "small_model.safetensors", relabelled / "small_model.safetensors")
+    (relabelled / "small_model.json").write_text(json.dumps({**saved, "task": "longstay"}))
+    with pytest.raises(ValueError, match="trained for task 'longstay'"):
+        train_run(
+            tiny_config(
+                manifest, cache, tmp_path / "f", seed=1, small_checkpoint=str(relabelled / "small_model.safetensors")
+            )
+        )
     with pytest.raises(FileNotFoundError, match="needs both"):
-        train_run(tiny_config(manifest, cache, tmp_path / "e", small_checkpoint=str(tmp_path / "none.safetensors")))
+        train_run(tiny_config(manifest, cache, tmp_path / "g", small_checkpoint=str(tmp_path / "none.safetensors")))
 
 
 def test_pos_weight_parsing():
@@ -244,6 +264,13 @@ def test_resume_continues_exactly_and_refuses_changes(cohort, tmp_path):
     pd.testing.assert_frame_equal(full.predictions, resumed.predictions)
     with pytest.raises(ResumeError, match="weighting"):
         train_run(dataclasses.replace(config, resume=True, weighting="gaussian"))
+    for change, field in (
+        ({"batch_size": 16}, "batch_size"),
+        ({"lr": 1e-3}, "lr"),
+        ({"pos_weight": "auto"}, "pos_weight"),
+    ):
+        with pytest.raises(ResumeError, match=f"optimisation field '{field}' changes the optimisation"):
+            train_run(dataclasses.replace(config, resume=True, **change))
     # A cache rebuilt with another encoder version has another key: resuming on it is refused.
     moved = tmp_path / "cache2"
     shutil.copytree(cache, moved)
@@ -412,3 +439,111 @@ def test_cli_reports_data_errors(cohort, tmp_path):
     assert written["modalities"] == ["xray", "ct_features"] and written["pos_weight"] == "auto"
     assert written["preset"]["proj_dim"] == 16 and written["preset"]["contrastive_weight"] == 0.59  # Table 2
     assert json.loads((out / "checkpoints" / "best.json").read_text())["cache_keys"].keys() == {"xray", "ct_features"}
+
+
+# ---------------------------------------------------------------------------------------- splits and leakage
+def test_val_carve_keeps_subjects_whole_and_resume_refuses_another_carve(tmp_path):
+    manifest_path, cache = build_cohort(tmp_path / "data", with_val=False)
+    manifest = Manifest.read(manifest_path)
+    table = manifest.table.copy()
+    table["subject_id"] = [f"p{i // 3:03d}" for i in range(N_SAMPLES)]  # three admissions per subject
+    table.loc[table.split == "test", "subject_id"] = [f"t{i // 3:03d}" for i in range((table.split == "test").sum())]
+    Manifest(table, manifest.info).write(manifest_path)
+    data = load_task_data(Manifest.read(manifest_path), cache, "mortality", val_fraction=0.2, seed=0)
+    subject_of = dict(zip(table.sample_id, table.subject_id))
+    frame = pd.DataFrame({"subject": [subject_of[s] for s in data.sample_ids], "split": data.splits})
+    assert frame.groupby("subject")["split"].nunique().max() == 1  # no patient in both train and val
+    assert (frame.split == "val").sum() == pytest.approx(0.2 * (frame.split != "test").sum(), abs=4)
+    labels = data.labels.numpy()
+    assert set(labels[data.splits == "val"]) == {0.0, 1.0}  # stratified on the subject's label
+    again = load_task_data(Manifest.read(manifest_path), cache, "mortality", val_fraction=0.2, seed=0)
+    assert list(again.splits) == list(data.splits)
+    moved = load_task_data(Manifest.read(manifest_path), cache, "mortality", val_fraction=0.2, seed=5)
+    assert list(moved.splits) != list(data.splits)
+
+    # Small-input statistics are fitted after the carve: on the manifest's train rows minus the carved ones.
+    fitted_means = [
+        json.loads(path.read_text())["preprocessing"]["numerical"]["age"][0]
+        for path in (cache / "small.tabular").rglob("fingerprint.json")
+    ]
+    carved = {data.sample_ids[i] for i in np.flatnonzero(data.splits == "val")}
+    fit_rows = table[(table.split == "train") & ~table.sample_id.isin(carved)]
+    assert len(fitted_means) == 2  # seeds 0 and 5 carve differently: two fits, two caches
+    assert any(mean == pytest.approx(fit_rows.age.mean()) for mean in fitted_means)
+    assert not any(mean == pytest.approx(table.age[table.split == "train"].mean()) for mean in fitted_means)
+
+    config = tiny_config(manifest_path, cache, tmp_path / "run", epochs=2, small_epochs=1, val_fraction=0.2)
+    with pytest.raises(Interrupt):
+        train_run(config, on_epoch_end=_stop_after(1))
+    with pytest.raises(ResumeError, match=r"(?s)optimisation field 'seed'.*train/val/test assignment differs"):
+        train_run(dataclasses.replace(config, resume=True, seed=5))
+    with pytest.raises(ResumeError, match="train/val/test assignment differs"):
+        train_run(dataclasses.replace(config, resume=True, val_fraction=0.3))
+
+
+def test_subject_spanning_manifest_splits_is_refused(tmp_path):
+    manifest_path, cache = build_cohort(tmp_path / "data")
+    manifest = Manifest.read(manifest_path)
+    table = manifest.table.copy()
+    table.loc[table.sample_id.isin(["s010", "s125"]), "subject_id"] = "p-shared"  # one patient in train and test
+    Manifest(table, manifest.info).write(manifest_path)
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match=r"subject 'p-shared' has samples in splits \['test', 'train'\]"):
+        train_run(tiny_config(manifest_path, cache, out))
+    _assert_not_started(out)
+
+
+def test_small_model_validation_scores_the_val_split_only(cohort, monkeypatch):
+    manifest, cache = cohort
+    data = load_task_data(Manifest.read(manifest), cache, "mortality")
+    scored = []
+    original = SmallModel.features
+
+    def spy(self, batch):
+        if not self.training:
+            scored.append(len(next(iter(batch.values()))))
+        return original(self, batch)
+
+    monkeypatch.setattr(SmallModel, "features", spy)
+    config = tiny_config(manifest, cache, Path("unused"), small_epochs=2, small_patience=5)
+    train_small(data, config, torch.device("cpu"), None, Console(quiet=True))
+    assert sum(scored) == 2 * len(data.index["val"])  # two epochs, each scoring the val samples only
+
+
+# ----------------------------------------------------------------------------------------- deployed weights
+def test_fused_prediction_does_not_depend_on_the_other_patients(cohort, tmp_path):
+    manifest, cache = cohort
+    result = train_run(tiny_config(manifest, cache, tmp_path / "run", epochs=2, small_epochs=2))
+    predictions = result.predictions
+    best = json.loads((result.run_dir / "checkpoints" / "best.json").read_text())
+    deployed = best["deployed_weights"]
+    assert deployed["w_large"] == pytest.approx(result.history[result.best_epoch - 1]["w_large"])
+    for split in ("train", "val", "test"):  # one pair of weights for every split (and any new patient)
+        rows = predictions[predictions.split == split]
+        assert np.allclose(rows.w_large, deployed["w_large"]) and np.allclose(rows.w_small, deployed["w_small"])
+    assert result.metrics["deployed_weights"]["w_large"] == pytest.approx(deployed["w_large"])
+
+    data = load_task_data(Manifest.read(manifest), cache, "mortality")
+    config = tiny_config(manifest, cache, tmp_path / "run")
+    small_feat = load_file(str(result.run_dir / "small_features.safetensors"))["features"]
+    args = best["model_args"]
+    model = CollaborativeModel(args["large_dims"], args["small_dim"], resolved_preset(config), args["weighting"])
+    load_checkpoint(result.run_dir / "checkpoints", "best", model)
+    weights = (deployed["w_large"], deployed["w_small"])
+    test_idx = data.index["test"]
+    together = evaluate(model, data, test_idx, small_feat, config, None, False, weights)["prob_fused"]
+    for position in (0, 7):
+        alone = evaluate(model, data, test_idx[position : position + 1], small_feat, config, None, False, weights)
+        torch.testing.assert_close(alone["prob_fused"][0], together[position], rtol=1e-6, atol=1e-7)
+    stored = predictions[predictions.split == "test"].prob_fused.to_numpy()
+    np.testing.assert_allclose(together.numpy(), stored, rtol=1e-5, atol=1e-6)
+
+
+def test_threshold_above_one_warns_and_bad_mome_heads_fail_before_training(cohort, tmp_path):
+    manifest, cache = cohort
+    out = tmp_path / "run"
+    config = tiny_config(manifest, cache, out, weighting="threshold", mome_heads=3, preset={"threshold": 2.5})
+    with pytest.warns(UserWarning, match="small-only in effect"):
+        with pytest.raises(ValueError, match=r"mome_heads=3 .* 32 // 3 = 10"):
+            train_run(config)
+    _assert_not_started(out)

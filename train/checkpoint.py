@@ -8,6 +8,7 @@ The JSON is written last, so a checkpoint whose JSON exists is complete.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -132,8 +133,21 @@ def load_checkpoint(
     return meta
 
 
-def check_resumable(meta: dict[str, Any], architecture: dict[str, Any], cache_keys: dict[str, str]) -> None:
-    """Refuse (:class:`ResumeError`) when the checkpoint's architecture fields or cache keys differ from now."""
+def split_digest(sample_ids: list[str], splits: Any) -> str:
+    """sha256 of the sorted (sample_id, split) pairs: the carve a run trained and validated on."""
+    pairs = sorted(zip((str(s) for s in sample_ids), (str(s) for s in splits)))
+    return hashlib.sha256(json.dumps(pairs, separators=(",", ":")).encode()).hexdigest()
+
+
+def check_resumable(
+    meta: dict[str, Any],
+    architecture: dict[str, Any],
+    cache_keys: dict[str, str],
+    optimisation: dict[str, Any] | None = None,
+    split_sha256: str | None = None,
+) -> None:
+    """Refuse (:class:`ResumeError`) when the checkpoint's architecture, optimisation settings, split or cache
+    keys differ from now."""
     problems = []
     saved_arch = meta.get("architecture", {})
     for name in sorted(set(saved_arch) | set(architecture)):
@@ -141,6 +155,20 @@ def check_resumable(meta: dict[str, Any], architecture: dict[str, Any], cache_ke
             problems.append(
                 f"architecture field {name!r}: checkpoint {saved_arch.get(name)!r}, now {architecture.get(name)!r}"
             )
+    if optimisation is not None:
+        saved_opt = meta.get("optimisation", {})
+        for name in sorted(set(saved_opt) | set(optimisation)):
+            if saved_opt.get(name) != optimisation.get(name):
+                problems.append(
+                    f"optimisation field {name!r} changes the optimisation: checkpoint {saved_opt.get(name)!r}, "
+                    f"now {optimisation.get(name)!r}"
+                )
+    if split_sha256 is not None and meta.get("split_sha256") != split_sha256:
+        problems.append(
+            "the train/val/test assignment differs from the checkpoint's (sha256 of the sorted (sample_id, split) "
+            f"pairs: checkpoint {str(meta.get('split_sha256'))[:12]}, now {split_sha256[:12]}); a changed seed, "
+            "val_fraction or manifest split moves samples between train and validation"
+        )
     saved_keys = meta.get("cache_keys", {})
     for name in sorted(set(saved_keys) | set(cache_keys)):
         if saved_keys.get(name) != cache_keys.get(name):

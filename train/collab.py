@@ -9,8 +9,18 @@ Listing 1, as implemented by :meth:`CollaborativeModel.loss`:
   writes it: the task loss also trains the projections through the weights), then the task loss;
 - total = ``task_loss.mean() + lambda * contrastive_loss.mean()``.
 
-One deviation, only where the listing is silent: a sample with no large modality at all (MoME output defined as
-zeros) takes its small logit as its fused logit, since its large logit carries no information.
+The contrastive loss is the authors' one-way large -> small InfoNCE (``contrastive_symmetric=True`` opts into
+the CLIP-style symmetric form).
+
+Where the listing is silent, samples with no large modality at all (MoME output defined as zeros):
+
+- their fused logit is their small logit, since their large logit carries no information;
+- they are left out of the contrastive loss and of ``sim`` (their all-zero large projections would act as
+  identical positives and negatives and shift ``sim.mean()``). The contrastive loss and ``sim`` are computed over
+  the rows with at least one large modality when there are at least two such rows. With fewer, the contrastive
+  term is 0 and ``sim.mean()`` is 1, the value :func:`contrastive_loss` gives a lone pair (no negative to
+  disagree with); the weights then only touch that single row, or no row at all. The task loss is always over
+  every row.
 """
 
 from __future__ import annotations
@@ -50,6 +60,8 @@ class CollaborativeModel(nn.Module):
         preset: the task's hyperparameters (lambda, d and the weighting parameters).
         weighting: one of :data:`~adacomed.train.weighting.WEIGHTINGS`.
         small_head: the trained small model's head; the shared head starts as a copy of it.
+        mome_heads: attention heads of MoME (must divide ``small_dim // M``).
+        contrastive_symmetric: symmetric (CLIP-style) InfoNCE instead of the one-way large -> small default.
     """
 
     def __init__(
@@ -59,13 +71,16 @@ class CollaborativeModel(nn.Module):
         preset: TaskPreset,
         weighting: str,
         small_head: nn.Linear | None = None,
+        mome_heads: int = 1,
+        contrastive_symmetric: bool = False,
     ):
         super().__init__()
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting {weighting!r} is not one of {list(WEIGHTINGS)}")
         self.preset = preset
         self.weighting = weighting
-        self.mome = MoME(large_dims, small_dim)
+        self.contrastive_symmetric = contrastive_symmetric
+        self.mome = MoME(large_dims, small_dim, n_heads=mome_heads)
         self.large_proj = nn.Linear(small_dim, preset.proj_dim)
         self.small_proj = nn.Linear(small_dim, preset.proj_dim)
         self.head = nn.Linear(small_dim, 1)
@@ -103,25 +118,40 @@ class CollaborativeModel(nn.Module):
             fused = torch.where(out.large_available, fused, out.small_logits)
         return fused
 
+    def contrastive(self, out: CollabOutput) -> tuple[Tensor, Tensor]:
+        """``(sim.mean(), contrastive_loss.mean())`` over the rows with a large modality (see the module doc)."""
+        valid = out.large_available
+        sim, per_sample = contrastive_loss(
+            out.large_proj, out.small_proj, symmetric=self.contrastive_symmetric, valid=valid
+        )
+        if valid is None:
+            return sim.mean(), per_sample.mean()
+        # Masked means instead of boolean indexing: no host sync per step.
+        count = valid.sum()
+        enough = count >= 2
+        denominator = count.clamp(min=1).to(sim.dtype)
+        sim_mean = torch.where(enough, (sim * valid).sum() / denominator, torch.ones_like(denominator))
+        contrastive = torch.where(enough, (per_sample * valid).sum() / denominator, torch.zeros_like(denominator))
+        return sim_mean, contrastive
+
     def loss(self, out: CollabOutput, target: Tensor, pos_weight: float | None = None) -> dict[str, Tensor]:
         """Listing 1: named losses, the weights and the fused logits of one batch."""
         if self.weighting == "learnable":
             w_large, w_small = self.weights(out.large_logits.new_zeros(()))
             logits = self.fuse(out, w_large, w_small)
             per_sample_task = task_loss(logits, target, pos_weight)
-            sim, per_sample_contrastive = contrastive_loss(out.large_proj, out.small_proj)
+            sim_mean, contrastive = self.contrastive(out)
         else:
-            sim, per_sample_contrastive = contrastive_loss(out.large_proj, out.small_proj)
-            w_large, w_small = self.weights(sim.mean())
+            sim_mean, contrastive = self.contrastive(out)
+            w_large, w_small = self.weights(sim_mean)
             logits = self.fuse(out, w_large, w_small)
             per_sample_task = task_loss(logits, target, pos_weight)
         task = per_sample_task.mean()
-        contrastive = per_sample_contrastive.mean()
         return {
             "loss": task + self.preset.contrastive_weight * contrastive,
             "task_loss": task,
             "contrastive_loss": contrastive,
-            "sim_mean": sim.mean(),
+            "sim_mean": sim_mean,
             "w_large": w_large,
             "w_small": w_small,
             "logits": logits,

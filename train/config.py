@@ -19,7 +19,29 @@ import tomli_w
 import tomllib
 
 # Fields that change the trained model's shape or meaning: a resumed run refuses when any of these differ.
-ARCHITECTURE_FIELDS = ("task", "weighting", "modalities", "small_hidden_dim", "small_dropout", "small_checkpoint")
+ARCHITECTURE_FIELDS = (
+    "task",
+    "weighting",
+    "modalities",
+    "small_hidden_dim",
+    "small_dropout",
+    "small_checkpoint",
+    "mome_heads",
+)
+# Fields that change the optimisation (the loss, the schedule, the batch order): a resumed run refuses these too,
+# since continuing under other values is not the run that was started. The split itself is checked by its hash.
+OPTIMISATION_FIELDS = (
+    "seed",
+    "batch_size",
+    "epochs",
+    "schedule",
+    "lr",
+    "min_lr",
+    "weight_decay",
+    "grad_clip",
+    "pos_weight",
+    "contrastive_symmetric",
+)
 
 
 class ConfigError(ValueError):
@@ -56,6 +78,10 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | constant
     grad_clip: float = 0.0  # 0 = off
     pos_weight: str = "none"  # none | auto (negatives/positives on train) | a float
+    # InfoNCE direction: False = the authors' one-way large -> small (Table 2's lambda was tuned for it);
+    # True = CLIP-style symmetric (mean of both directions).
+    contrastive_symmetric: bool = False
+    mome_heads: int = 1  # attention heads of MoME over the modality tokens; must divide small_hidden_dim // M
     # Small model (stage a)
     small_epochs: int = 30
     small_patience: int = 5  # early stopping on validation AUROC
@@ -66,7 +92,9 @@ class TrainConfig:
     small_checkpoint: str = ""  # a small model trained elsewhere (safetensors + its .json config)
     tokenizer: str = ""  # tokenizer folder for note inputs (prepare_small_inputs)
     # Splits
-    val_fraction: float = 0.15  # carved from train (stratified, seeded) when the manifest has no val rows
+    # Carved from train when the manifest has no val rows: whole subjects (no patient in both), stratified on the
+    # subject's label (max over its train samples), seeded.
+    val_fraction: float = 0.15
     resume: bool = False
     # Overrides of the task preset's fields (contrastive_weight, proj_dim, ...); resolved by ``resolved_preset``.
     preset: dict[str, float] = field(default_factory=dict)
@@ -207,3 +235,9 @@ def fingerprint_dict(config: TrainConfig) -> dict[str, Any]:
     picked = {name: data[name] for name in ARCHITECTURE_FIELDS}
     picked["preset"] = data["preset"]
     return json.loads(json.dumps(picked, sort_keys=True))
+
+
+def optimisation_dict(config: TrainConfig) -> dict[str, Any]:
+    """The optimisation-defining part of a config (compared on ``--resume``), JSON-normalised."""
+    data = config.to_dict()
+    return json.loads(json.dumps({name: data[name] for name in OPTIMISATION_FIELDS}, sort_keys=True))

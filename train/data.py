@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ..cache_schema import CacheSummary, EmbeddingCache, Manifest, ManifestError, list_caches, open_cache
@@ -85,8 +86,33 @@ def task_labels(manifest: Manifest, task: str) -> tuple[np.ndarray, np.ndarray]:
     return keep, labels[keep].astype(np.float32)
 
 
-def assign_splits(splits: np.ndarray, labels: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
-    """Keep the manifest's splits; without any ``val`` row, carve a stratified, seeded validation set from train."""
+def check_subject_splits(manifest: Manifest) -> None:
+    """Refuse a manifest in which one subject (patient) has samples in more than one split (leakage)."""
+    table = manifest.table
+    per_subject = table.groupby(table["subject_id"].astype(str))["split"].agg(lambda s: sorted(set(map(str, s))))
+    spanning = per_subject[per_subject.map(len) > 1]
+    if len(spanning):
+        subject, splits = spanning.index[0], spanning.iloc[0]
+        raise DataError(
+            f"subject {subject!r} has samples in splits {splits} ({len(spanning)} subjects span several splits); "
+            "a patient must stay in one split, or its other admissions leak into evaluation: re-split the manifest "
+            "by subject_id"
+        )
+
+
+def assign_splits(
+    splits: np.ndarray,
+    labels: np.ndarray,
+    val_fraction: float,
+    seed: int,
+    subjects: np.ndarray | None = None,
+) -> np.ndarray:
+    """Keep the manifest's splits; without any ``val`` row, carve a validation set from train by subject.
+
+    Whole subjects move to validation (a patient with several admissions is never in both), stratified on the
+    subject's label (the max of its train labels: a subject with any positive admission counts as positive),
+    ``round(val_fraction * subjects)`` per stratum, seeded. ``subjects`` None treats every sample as its own.
+    """
     splits = splits.astype(object).copy()
     for name in ("train", "test"):
         if not (splits == name).any():
@@ -95,15 +121,18 @@ def assign_splits(splits: np.ndarray, labels: np.ndarray, val_fraction: float, s
         return splits
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"the manifest has no val rows and val_fraction={val_fraction} cannot carve one")
+    subjects = np.arange(len(splits)).astype(str) if subjects is None else np.asarray(subjects).astype(str)
+    train = np.flatnonzero(splits == "train")
+    frame = pd.DataFrame({"row": train, "subject": subjects[train], "label": labels[train]})
+    subject_label = frame.groupby("subject", sort=True)["label"].max()
     rng = np.random.default_rng(seed)
+    chosen: list[str] = []
     for value in (0.0, 1.0):
-        pool = np.flatnonzero((splits == "train") & (labels == value))
+        pool = subject_label.index[subject_label.to_numpy() == value].to_numpy()
         n_val = int(round(len(pool) * val_fraction))
-        if len(pool) >= 2:
-            n_val = min(max(n_val, 1), len(pool) - 1)
-        else:
-            n_val = 0
-        splits[rng.permutation(pool)[:n_val]] = "val"
+        n_val = min(max(n_val, 1), len(pool) - 1) if len(pool) >= 2 else 0
+        chosen.extend(rng.permutation(pool)[:n_val].tolist())
+    splits[frame["row"].to_numpy()[frame["subject"].isin(chosen).to_numpy()]] = "val"
     return splits
 
 
@@ -211,8 +240,14 @@ def small_tensors(
     if list(prepared.sample_ids) != manifest_ids:
         raise DataError("prepared small inputs do not match the manifest's samples (order or ids); re-prepare them")
     out: dict[str, torch.Tensor] = {}
+    identity = len(rows) == len(manifest_ids) and np.array_equal(rows, np.arange(len(rows)))
     for name, array in prepared.arrays.items():
-        picked = np.ascontiguousarray(np.asarray(array)[rows])
+        # Every manifest row labelled: use the loaded array itself (no second full-size copy of the X-rays); a
+        # read-only memory map of a shard is copied once, so the tensor owns writable memory.
+        if identity:
+            picked = np.ascontiguousarray(array) if np.asarray(array).flags.writeable else np.array(array, order="C")
+        else:
+            picked = np.ascontiguousarray(np.asarray(array)[rows])
         if np.issubdtype(picked.dtype, np.floating):
             flat = picked.reshape(len(rows), -1)
             # Tabular ordinal/numerical fields use NaN for "missing" (the small model masks it); inf is never valid.
@@ -243,10 +278,12 @@ def load_task_data(
     cache_root = Path(cache_root)
     if not cache_root.is_dir():
         raise DataError(f"cache folder {cache_root} does not exist; run adacomed-extract first")
+    check_subject_splits(manifest)
     rows, labels = task_labels(manifest, task)
     all_ids = manifest.sample_ids
     sample_ids = [all_ids[i] for i in rows]
-    splits = assign_splits(manifest.table["split"].to_numpy()[rows], labels, val_fraction, seed)
+    subjects = manifest.table["subject_id"].astype(str).to_numpy()[rows]
+    splits = assign_splits(manifest.table["split"].to_numpy()[rows], labels, val_fraction, seed, subjects)
     for name in SPLITS:
         present_labels = set(labels[splits == name].tolist())
         if name != "test" and present_labels != {0.0, 1.0}:
@@ -263,8 +300,13 @@ def load_task_data(
             raise DataError("the manifest declares no small_inputs: the small model has nothing to read")
         from .prepare import prepare_small_inputs
 
+        # Small-input statistics are fitted after the carve, on the manifest's train rows minus the carved
+        # validation rows, so they never see this run's validation (or test) samples.
+        carved = {sample_ids[i] for i in np.flatnonzero(splits == "val")}
+        manifest_splits = manifest.table["split"].astype(str).tolist()
+        fit_ids = [sid for sid, split in zip(all_ids, manifest_splits) if split == "train" and sid not in carved]
         try:
-            prepared = prepare_small_inputs(manifest, cache_root, tokenizer=tokenizer)
+            prepared = prepare_small_inputs(manifest, cache_root, tokenizer=tokenizer, fit_ids=fit_ids)
         except ManifestError as exc:
             raise DataError(f"small inputs: {exc}") from exc
     small = small_tensors(prepared, all_ids, rows, sample_ids)

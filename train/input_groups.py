@@ -49,6 +49,7 @@ class InputGroup:
     """Base: the rows of one manifest this group reads, its train mask and its error bookkeeping."""
 
     model_kind = ""
+    learns_from_rows = True  # False for a group whose arrays do not depend on which rows it is fitted on
 
     def __init__(self, name: str, manifest: Manifest, inputs: dict[str, SmallInput]):
         self.name = name
@@ -58,6 +59,27 @@ class InputGroup:
         self.sample_ids = self.table["sample_id"].astype(str).tolist()
         self.splits = self.table["split"].astype(str).tolist()
         self.train_rows = [i for i, split in enumerate(self.splits) if split == "train"]
+        self.roles = list(self.splits)  # what the input hash records per row (see use_fit_rows)
+
+    def use_fit_rows(self, rows: list[int]) -> None:
+        """Fit on these rows (manifest train rows, e.g. minus a carved validation set) instead of all train rows.
+
+        A manifest train row left out is recorded as ``train-heldout`` in the input hash of a group that learns
+        from its rows, so another carve gives another cache; with every train row kept the hash is unchanged.
+        """
+        outside = [r for r in rows if self.splits[r] != "train"]
+        if outside:
+            first = outside[0]
+            raise ValueError(
+                f"fit rows must be manifest train rows; {len(outside)} are not (first: sample "
+                f"{self.sample_ids[first]!r} in split {self.splits[first]!r})"
+            )
+        self.train_rows = sorted(rows)
+        if self.learns_from_rows:
+            kept = set(rows)
+            self.roles = [
+                "train-heldout" if split == "train" and i not in kept else split for i, split in enumerate(self.splits)
+            ]
 
     @property
     def stage(self) -> str:
@@ -84,7 +106,7 @@ class InputGroup:
         """(sample id, split + pointers of every field): a different split or pointer gives a new cache."""
         columns = [self.column(small) for small in self.inputs.values()]
         return [
-            (sid, self.splits[i] + "|" + "|".join(self.pointer(col[i]) for col in columns))
+            (sid, self.roles[i] + "|" + "|".join(self.pointer(col[i]) for col in columns))
             for i, sid in enumerate(self.sample_ids)
         ]
 
@@ -131,6 +153,7 @@ class ImageGroup(PathGroup):
     """X-ray files -> letterboxed uint8 [256, 256] (crop and normalisation live in the model)."""
 
     model_kind = "image"
+    learns_from_rows = False  # nothing is fitted: a validation carve never re-decodes the X-rays
 
     def preprocessing(self) -> dict[str, Any]:
         return {
@@ -160,21 +183,30 @@ class ImageGroup(PathGroup):
 class TimeSeriesGroup(PathGroup):
     """``.npz`` (values [T, F], hours [T], variables [F]) -> standardised fixed grid [T_grid, F_train] + mask.
 
-    Rows are ordered by ``hours``; rows before admission (hours < 0) are dropped; the first ``time_steps`` rows are
-    kept and shorter series are padded as unobserved. Variables are the sorted union seen in the train files
-    (others are ignored); each is standardised with its train mean/std over observed values.
+    Only rows with ``0 <= hours < window_hours`` are kept (default 48: nothing after the prediction window ever
+    reaches the model, whatever grid or length a file has); they are binned into ``time_steps`` equal bins over the
+    window (1 h each by default), a bin holding the mean of its observed values per variable; empty bins are
+    masked as unobserved. Variables are the sorted union seen in the train files (others are ignored); each is
+    standardised with its train mean/std over the observed bins.
     """
 
     model_kind = "timeseries"
 
-    def __init__(self, name: str, manifest: Manifest, small: SmallInput, time_steps: int):
+    def __init__(self, name: str, manifest: Manifest, small: SmallInput, time_steps: int, window_hours: float = 48.0):
         super().__init__(name, manifest, small)
         self.time_steps = int(small.options.get("time_steps", time_steps))
+        self.window_hours = float(small.options.get("window_hours", window_hours))
+        if self.time_steps < 1 or not self.window_hours > 0:
+            raise ValueError(
+                f"small input {name!r}: time_steps ({self.time_steps}) and window_hours ({self.window_hours}) "
+                "must be positive"
+            )
         self.variables: list[str] = []
         self.mean: np.ndarray = np.zeros(0)
         self.std: np.ndarray = np.ones(0)
 
     def load(self, row: int) -> tuple[np.ndarray, list[str]]:
+        """The file binned to [time_steps, F] (NaN = no observation in that bin) and its variable names."""
         path = self.path_of(row)
         assert path is not None
         try:
@@ -191,9 +223,17 @@ class TimeSeriesGroup(PathGroup):
                 f"{self.small.column} file {self.values[row]!s}: values {values.shape}, hours {hours.shape} and "
                 f"{len(variables)} variables do not agree (expected values [T, F], hours [T], variables [F])"
             )
-        keep = np.isfinite(hours) & (hours >= 0)
-        order = np.argsort(hours[keep], kind="stable")
-        return values[keep][order][: self.time_steps], variables
+        keep = np.isfinite(hours) & (hours >= 0) & (hours < self.window_hours)
+        values, hours = values[keep], hours[keep]
+        bins = np.minimum((hours * (self.time_steps / self.window_hours)).astype(np.int64), self.time_steps - 1)
+        observed = np.isfinite(values)
+        sums = np.zeros((self.time_steps, values.shape[1]), dtype=np.float64)
+        counts = np.zeros((self.time_steps, values.shape[1]), dtype=np.int64)
+        np.add.at(sums, bins, np.where(observed, values, 0.0))
+        np.add.at(counts, bins, observed)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            binned = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        return binned.astype(np.float32), variables
 
     def fit(self) -> None:
         sums: dict[str, list[float]] = {}
@@ -223,7 +263,8 @@ class TimeSeriesGroup(PathGroup):
     def preprocessing(self) -> dict[str, Any]:
         return {
             "time_steps": self.time_steps,
-            "grid": "sorted by hours, hours >= 0, first rows, padded",
+            "window_hours": self.window_hours,
+            "grid": "0 <= hours < window_hours, equal bins, mean of the observed values per bin",
             "variables": self.variables,
             "mean": [float(m) for m in self.mean],
             "std": [float(s) for s in self.std],
@@ -250,8 +291,8 @@ class TimeSeriesGroup(PathGroup):
                 column = values[:, source]
                 observed = np.isfinite(column)
                 standardised = (column - self.mean[target]) / self.std[target]
-                grid[out, : len(column), target] = np.where(observed, standardised, 0.0)
-                mask[out, : len(column), target] = observed
+                grid[out, :, target] = np.where(observed, standardised, 0.0)
+                mask[out, :, target] = observed
         present = mask.any(axis=(1, 2))
         return {f"{self.name}.values": grid, f"{self.name}.mask": mask, f"{self.name}.present": present}, errors
 

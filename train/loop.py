@@ -5,10 +5,13 @@ computes its features once for every sample. Stage (b) co-trains the collaborati
 large embeddings + projections + one shared head) with Listing 1's loss, validating every epoch and keeping the
 best-validation checkpoint.
 
-Validation and test use the weights the model currently uses: ``learnable`` -> softmax of its two fusion
-parameters; the adaptive strategies -> the weights of the evaluated set's mean similarity (sims computed over the
-set in fixed batches of the training batch size, like training, then averaged); the fixed ablations -> their
-constants. ``prob_fused = sigmoid(w_L * large_logits + w_S * small_logits)``.
+Deployed fusion weights: a patient's prediction must not depend on which other patients are scored with it, so
+validation, test and any new patient use one frozen pair ``(w_L, w_S)`` per epoch: the mean over that epoch's
+training steps of the per-batch weights the model trained with (for ``learnable``, the softmax of its fusion
+parameters at the end of the epoch; for the fixed ablations, their constants). The pair is recorded in the
+history, stored in the best checkpoint's JSON (``deployed_weights``) and used for every split, so the validation
+threshold of report.py is chosen and applied to test under the same weights.
+``prob_fused = sigmoid(w_L * large_logits + w_S * small_logits)`` (the small logit alone without large inputs).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import contextlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,13 +42,16 @@ from .checkpoint import (
     read_meta,
     save_checkpoint,
     save_module,
+    split_digest,
 )
 from .collab import CollaborativeModel, CollabOutput
-from .config import TrainConfig, fingerprint_dict, resolved_preset, to_toml
+from .config import TrainConfig, fingerprint_dict, optimisation_dict, resolved_preset, to_toml
 from .data import TaskData, describe, load_task_data
+from .losses import task_loss
 from .metrics import binary_metrics
+from .mome import check_heads
 from .small_model import SmallInputSpec, SmallModel, SmallModelConfig
-from .weighting import WEIGHTINGS
+from .weighting import WEIGHTINGS, weighting_warnings
 
 EpochHook = Callable[[int, dict[str, Any]], None]
 
@@ -146,12 +153,15 @@ def small_config_dict(config: SmallModelConfig) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ stage (a): small
 @torch.no_grad()
-def small_outputs(model: SmallModel, data: TaskData, batch_size: int, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits [N], features [N, H]) of the frozen small model for every sample, in eval mode."""
+def small_outputs(
+    model: SmallModel, data: TaskData, batch_size: int, amp: bool, idx: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, features [., H]) of the small model in eval mode for ``idx`` (default: every sample, in order)."""
     model.eval()
     device = data.labels.device
     logits, feats = [], []
-    for idx in batches(torch.arange(data.n, device=device), batch_size):
+    rows = torch.arange(data.n, device=device) if idx is None else idx
+    for idx in batches(rows, batch_size):
         with autocast(device, amp):
             feat = model.features(data.small_batch(idx))
             logit = model.head(feat).squeeze(-1)
@@ -164,8 +174,6 @@ def train_small(
     data: TaskData, config: TrainConfig, device: torch.device, pos_weight: float | None, console: Console
 ) -> SmallModel:
     """Train the small model on the task alone; keep the state with the best validation AUROC."""
-    from .losses import task_loss
-
     small_config = replace(data.small_config, hidden_dim=config.small_hidden_dim, dropout=config.small_dropout)
     model = SmallModel(small_config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.small_lr)
@@ -180,11 +188,11 @@ def train_small(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total, count = total + loss.item() * len(idx), count + len(idx)
-        logits, _ = small_outputs(model, data, config.small_batch_size, amp)
+            total, count = total + loss.detach() * len(idx), count + len(idx)
         val = data.index["val"]
-        val_auroc = auroc(data.labels[val], torch.sigmoid(logits[val]))
-        console.print(f"small model: epoch {epoch:3d}  loss {total / count:.4f}  val AUROC {val_auroc:.4f}")
+        logits, _ = small_outputs(model, data, config.small_batch_size, amp, val)  # the val split only
+        val_auroc = auroc(data.labels[val], torch.sigmoid(logits))
+        console.print(f"small model: epoch {epoch:3d}  loss {float(total) / count:.4f}  val AUROC {val_auroc:.4f}")
         if val_auroc > best_auroc:
             best_auroc, stale = val_auroc, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -198,8 +206,18 @@ def train_small(
     return model
 
 
-def load_small(path: Path, data: TaskData, device: torch.device) -> SmallModel:
-    """A small model saved by :func:`save_module`; refuses one built for other inputs than this manifest's."""
+def small_provenance(task: str, data: TaskData) -> dict[str, Any]:
+    """What a saved small model was trained for: the task and its sorted train sample ids."""
+    return {"task": task, "train_ids": sorted(data.sample_ids[i] for i in data.index["train"].cpu().tolist())}
+
+
+def load_small(path: Path, data: TaskData, device: torch.device, task: str | None = None) -> SmallModel:
+    """A small model saved by :func:`save_module`; refuses one built for other inputs than this manifest's.
+
+    With ``task`` (a small model trained elsewhere) it also refuses one trained for another task, one without
+    its provenance, and one whose train samples include this run's validation or test samples (they would no
+    longer be held out).
+    """
     state, saved = load_module_state(path)
     saved_config = small_config_from_dict(saved)
     expected = small_config_dict(data.small_config)["inputs"]
@@ -208,6 +226,23 @@ def load_small(path: Path, data: TaskData, device: torch.device) -> SmallModel:
             f"small checkpoint {path} was built for inputs {sorted(saved['inputs'])} with other shapes; this "
             f"manifest's small inputs are {sorted(expected)}"
         )
+    if task is not None:
+        if "task" not in saved or "train_ids" not in saved:
+            raise ValueError(
+                f"small checkpoint {path} does not record its task and train samples, so it cannot be shown not to "
+                "have seen this run's validation or test patients; retrain it (adacomed-train saves both)"
+            )
+        if saved["task"] != task:
+            raise ValueError(f"small checkpoint {path} was trained for task {saved['task']!r}, this run is {task!r}")
+        trained_on = set(saved["train_ids"])
+        for split in ("val", "test"):
+            ids = (data.sample_ids[i] for i in data.index[split].cpu().tolist())
+            seen = sorted(sid for sid in ids if sid in trained_on)
+            if seen:
+                raise ValueError(
+                    f"small checkpoint {path} was trained on {len(seen)} samples of this run's {split} split "
+                    f"(first: {seen[0]!r}); it would leak them into evaluation: train the small model here instead"
+                )
     model = SmallModel(saved_config).to(device)
     model.load_state_dict(state)
     return model
@@ -229,34 +264,50 @@ def evaluate(
     config: TrainConfig,
     pos_weight: float | None,
     amp: bool,
+    weights: tuple[float, float],
 ) -> dict[str, Any]:
-    """Logits, weights and fused probabilities on one split (see the module docstring for the weights)."""
+    """Logits and fused probabilities on ``idx`` under the frozen deployed ``weights`` (w_large, w_small).
+
+    Each sample's fused probability depends only on that sample and the weights, never on which samples are
+    evaluated with it. ``sim_mean`` and ``loss`` are batch diagnostics (the contrastive term needs a batch).
+    """
     model.eval()
     device = data.labels.device
-    large, small, available, sim_sum, loss_sum = [], [], [], 0.0, 0.0
+    w_large, w_small = (torch.tensor(float(w), device=device) for w in weights)
+    large, small, available = [], [], []
+    sim_sum = torch.zeros((), device=device)
+    loss_sum = torch.zeros((), device=device)
     for batch in batches(idx, config.batch_size):
         with autocast(device, amp):
             out = model(data.large_batch(batch), data.present[batch], small_feat[batch])
-            losses = model.loss(out, data.labels[batch], pos_weight)
-        large.append(out.large_logits.float())
-        small.append(out.small_logits.float())
-        available.append(data.present[batch].any(dim=1))
-        sim_sum += float(losses["sim_mean"]) * len(batch)
-        loss_sum += float(losses["loss"]) * len(batch)
+        out = CollabOutput(
+            out.large_logits.float(),
+            out.small_logits.float(),
+            out.large_proj.float(),
+            out.small_proj.float(),
+            out.large_feat,
+            out.large_available,
+        )
+        sim_mean, contrastive = model.contrastive(out)
+        task = model.fuse(out, w_large, w_small)
+        per_sample = task_loss(task, data.labels[batch], pos_weight)
+        large.append(out.large_logits)
+        small.append(out.small_logits)
+        available.append(out.large_available)
+        sim_sum += sim_mean * len(batch)
+        loss_sum += (per_sample.mean() + model.preset.contrastive_weight * contrastive) * len(batch)
     large_logits, small_logits = torch.cat(large), torch.cat(small)
-    sim_mean = sim_sum / max(len(idx), 1)
-    w_large, w_small = model.weights(torch.tensor(sim_mean, device=device))
     empty = large_logits.new_empty(0)
     whole = CollabOutput(large_logits, small_logits, empty, empty, empty, torch.cat(available))
-    fused = model.fuse(whole, w_large.float(), w_small.float())
+    fused = model.fuse(whole, w_large, w_small)
     return {
         "large_logits": large_logits,
         "small_logits": small_logits,
         "prob_fused": torch.sigmoid(fused),
-        "w_large": float(w_large),
-        "w_small": float(w_small),
-        "sim_mean": sim_mean,
-        "loss": loss_sum / max(len(idx), 1),
+        "w_large": float(weights[0]),
+        "w_small": float(weights[1]),
+        "sim_mean": float(sim_sum) / max(len(idx), 1),
+        "loss": float(loss_sum) / max(len(idx), 1),
     }
 
 
@@ -271,11 +322,18 @@ def cotrain_epoch(
     pos_weight: float | None,
     amp: bool,
 ) -> dict[str, float]:
-    """One pass over the train split; returns the sample-weighted means of the logged quantities."""
+    """One pass over the train split: the sample-weighted means of the losses and sim, and the deployed weights.
+
+    ``w_large``/``w_small`` are the epoch's deployed weights (module docstring): the mean of the per-step
+    weights (each step counts once), or, for ``learnable``, the softmax of the fusion parameters after the
+    epoch. Sums stay on the device and are converted once per epoch (no host sync per step).
+    """
     model.train()
     device = data.labels.device
-    sums = dict.fromkeys(("loss", "task_loss", "contrastive_loss", "sim_mean", "w_large", "w_small"), 0.0)
-    count, lr = 0, config.lr
+    loss_keys = ("loss", "task_loss", "contrastive_loss", "sim_mean")
+    sums = torch.zeros(len(loss_keys), device=device)
+    weight_sums = torch.zeros(2, device=device)
+    count, steps, lr = 0, 0, config.lr
     total_steps = steps_per_epoch * config.epochs
     generator = epoch_generator(config.seed, 1, epoch)
     for step, idx in enumerate(batches(data.index["train"], config.batch_size, generator)):
@@ -290,10 +348,17 @@ def cotrain_epoch(
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        for key in sums:
-            sums[key] += float(losses[key].detach()) * len(idx)
-        count += len(idx)
-    return {"lr": lr, **{key: value / count for key, value in sums.items()}}
+        with torch.no_grad():
+            sums += torch.stack([losses[key].detach().float() for key in loss_keys]) * len(idx)
+            weight_sums += torch.stack([torch.as_tensor(losses[k]).detach().float() for k in ("w_large", "w_small")])
+        count, steps = count + len(idx), steps + 1
+    means = (sums / max(count, 1)).tolist()
+    if config.weighting == "learnable":
+        with torch.no_grad():
+            deployed = [float(w) for w in model.weights(torch.zeros((), device=device))]
+    else:
+        deployed = (weight_sums / max(steps, 1)).tolist()
+    return {"lr": lr, **dict(zip(loss_keys, means)), "w_large": deployed[0], "w_small": deployed[1]}
 
 
 def log_line(record: dict[str, Any]) -> str:
@@ -347,9 +412,16 @@ def train_run(
         tokenizer=config.tokenizer or None,
     )
     architecture = fingerprint_dict(config)
+    optimisation = optimisation_dict(config)
+    split_sha256 = split_digest(data.sample_ids, data.splits)
     if last_meta is not None:
-        check_resumable(last_meta, architecture, data.cache_keys)
+        check_resumable(last_meta, architecture, data.cache_keys, optimisation, split_sha256)
     console.print(f"[bold]adacomed-train[/] task={config.task} weighting={config.weighting} device={device}")
+    for message in weighting_warnings(config.weighting, preset):
+        console.print(f"warning: {message}", style="yellow", markup=False, highlight=False)
+        warnings.warn(message, UserWarning, stacklevel=2)
+    if not config.small_checkpoint:  # a bad mome_heads fails now, not after the small model has trained
+        check_heads(config.small_hidden_dim, len(data.large), config.mome_heads)
     console.print(describe(data))
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(run_dir / "config.toml", to_toml(config).encode())
@@ -367,18 +439,27 @@ def train_run(
         if last_meta is not None:
             small = load_small(small_path, data, device)
         elif config.small_checkpoint:
-            small = load_small(Path(config.small_checkpoint), data, device)
+            small = load_small(Path(config.small_checkpoint), data, device, task=config.task)
         else:
             small = train_small(data, config, device, pos_weight, console)
         freeze(small)
-        save_module(small_path, small, small_config_dict(small.config))
+        if not (last_meta is not None or config.small_checkpoint):
+            save_module(small_path, small, {**small_config_dict(small.config), **small_provenance(config.task, data)})
+        elif config.small_checkpoint:  # keep the given model's own provenance (its train ids, not ours)
+            save_module(small_path, small, load_module_state(Path(config.small_checkpoint))[1])
         small_logits_all, small_feat = small_outputs(small, data, config.small_batch_size, amp)
         _write_small_features(run_dir / "small_features.safetensors", small_feat, data.sample_ids)
 
         # ---- stage (b): co-training
         torch.manual_seed(config.seed + 1)
         model = CollaborativeModel(
-            data.large_dims, small_feat.shape[1], preset, config.weighting, small_head=small.head
+            data.large_dims,
+            small_feat.shape[1],
+            preset,
+            config.weighting,
+            small_head=small.head,
+            mome_heads=config.mome_heads,
+            contrastive_symmetric=config.contrastive_symmetric,
         ).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         history: list[dict[str, Any]] = []
@@ -392,6 +473,8 @@ def train_run(
         meta_base = {
             "config": json.loads(json.dumps(config.to_dict())),
             "architecture": architecture,
+            "optimisation": optimisation,
+            "split_sha256": split_sha256,
             "cache_keys": data.cache_keys,
             "model_args": {
                 "large_dims": data.large_dims,
@@ -406,14 +489,13 @@ def train_run(
                 "epoch": epoch,
                 **cotrain_epoch(model, optimizer, data, small_feat, config, epoch, steps_per_epoch, pos_weight, amp),
             }
-            val = evaluate(model, data, data.index["val"], small_feat, config, pos_weight, amp)
+            deployed = (record["w_large"], record["w_small"])
+            val = evaluate(model, data, data.index["val"], small_feat, config, pos_weight, amp, deployed)
             val_metrics = binary_metrics(data.labels[data.index["val"]].cpu().numpy(), val["prob_fused"].cpu().numpy())
             record.update(
                 val_auroc=val_metrics["auroc"],
                 val_auprc=val_metrics["auprc"],
                 val_loss=val["loss"],
-                val_w_large=val["w_large"],
-                val_w_small=val["w_small"],
                 val_sim=val["sim_mean"],
                 seconds=time.perf_counter() - started,
             )
@@ -421,7 +503,17 @@ def train_run(
             console.print(log_line(record))
             if record["val_auroc"] > best_auroc:
                 best_auroc, best_epoch = record["val_auroc"], epoch
-                save_checkpoint(ckpt_dir, "best", model, {**meta_base, "epoch": epoch, "best_val_auroc": best_auroc})
+                save_checkpoint(
+                    ckpt_dir,
+                    "best",
+                    model,
+                    {
+                        **meta_base,
+                        "epoch": epoch,
+                        "best_val_auroc": best_auroc,
+                        "deployed_weights": {"w_large": deployed[0], "w_small": deployed[1]},
+                    },
+                )
             save_checkpoint(
                 ckpt_dir,
                 "last",
@@ -438,9 +530,16 @@ def train_run(
             if on_epoch_end is not None:
                 on_epoch_end(epoch, record)
         if best_epoch > 0:
-            load_checkpoint(ckpt_dir, "best", model)
+            deployed_weights = load_checkpoint(ckpt_dir, "best", model)["deployed_weights"]
+        elif history:  # no epoch had a finite validation AUROC: the last epoch's model and weights
+            deployed_weights = {"w_large": history[-1]["w_large"], "w_small": history[-1]["w_small"]}
+        else:  # zero epochs: no training step to average over; the weights of full agreement (sim = 1)
+            with torch.no_grad():
+                pair = model.weights(torch.ones((), device=device))
+            deployed_weights = {"w_large": float(pair[0]), "w_small": float(pair[1])}
+        deployed = (float(deployed_weights["w_large"]), float(deployed_weights["w_small"]))
         outputs = {
-            split: evaluate(model, data, data.index[split], small_feat, config, pos_weight, amp)
+            split: evaluate(model, data, data.index[split], small_feat, config, pos_weight, amp, deployed)
             for split in ("train", "val", "test")
         }
         metrics, predictions = write_outputs(

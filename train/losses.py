@@ -8,22 +8,37 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# Logit of an excluded pair: finite (unlike -inf) so that no row's logsumexp, or its gradient, becomes NaN.
+EXCLUDED_LOGIT = -1e9
 
-def contrastive_loss(large_proj: Tensor, small_proj: Tensor, temperature: float = 0.07) -> tuple[Tensor, Tensor]:
-    """Symmetric InfoNCE over the batch, per sample, plus each sample's similarity score.
 
-    Logits are cosine similarities of the L2-normalised projections divided by ``temperature``; sample i's
-    positive is the diagonal pair (large_i, small_i), its negatives the other samples' small projections (and,
-    for the second direction, the other samples' large projections). ``loss_i`` is the mean of the two
-    directions' cross-entropies, as CLIP's loss.
+def contrastive_loss(
+    large_proj: Tensor,
+    small_proj: Tensor,
+    temperature: float = 0.07,
+    symmetric: bool = False,
+    valid: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """InfoNCE over the batch, per sample, plus each sample's similarity score.
 
-    ``sim_i = exp(pos_i) / (exp(pos_i) + mean_{j != i} exp(neg_ij))`` over the large-to-small row, computed as
-    ``sigmoid(pos_i - logmeanexp_j neg_ij)`` so it never overflows; it lies in (0, 1] and is 1 for a batch of one.
+    Logits are cosine similarities of the L2-normalised projections divided by ``temperature``. Row i is the
+    large projection of sample i; its positive is the small projection of the same sample, its negatives the
+    small projections of the other samples in the batch. By default the loss is one-way, large -> small,
+    ``loss_i = -log(exp(pos_i) / sum_j exp(logit_ij))`` (the authors' public code; Table 2's lambda was tuned
+    for it). ``symmetric=True`` averages it with the small -> large direction, as CLIP's loss (an opt-in).
+
+    ``sim_i = exp(pos_i) / (exp(pos_i) + mean_{j != i} exp(neg_ij))`` over the large -> small row, computed as
+    ``sigmoid(pos_i - logmeanexp_{j != i} neg_ij)`` so it never overflows; it lies in (0, 1] and is 1 for a batch
+    of one. The mean is over the B - 1 true negatives, as DESIGN.md states; the authors' code divides the sum of
+    the off-diagonal terms (the diagonal zeroed) by B instead, which scales the negative term by (B - 1) / B.
 
     Args:
         large_proj: [B, d] projection of the large path.
         small_proj: [B, d] projection of the small path.
         temperature: logit temperature (0.07 in the paper).
+        symmetric: also add the small -> large direction (mean of the two).
+        valid: optional [B] bool; rows outside it take no part (neither as positives nor as negatives): their
+            loss is 0 and their sim 1. The same numbers as calling on ``valid`` rows alone, without a host sync.
 
     Returns:
         ``(sim, loss)``, both [B].
@@ -34,17 +49,27 @@ def contrastive_loss(large_proj: Tensor, small_proj: Tensor, temperature: float 
         )
     batch = large_proj.shape[0]
     logits = F.normalize(large_proj, dim=-1) @ F.normalize(small_proj, dim=-1).T / temperature  # [B, B]
+    if valid is not None:
+        valid = valid.to(device=logits.device, dtype=torch.bool)
+        logits = logits.masked_fill(~(valid[:, None] & valid[None, :]), EXCLUDED_LOGIT)
     target = torch.arange(batch, device=logits.device)
-    loss = 0.5 * (
-        F.cross_entropy(logits, target, reduction="none") + F.cross_entropy(logits.T, target, reduction="none")
-    )
+    loss = F.cross_entropy(logits, target, reduction="none")
+    if symmetric:
+        loss = 0.5 * (loss + F.cross_entropy(logits.T, target, reduction="none"))
     positive = logits.diagonal()
     if batch == 1:
-        return torch.ones_like(positive), loss
+        return torch.ones_like(positive), loss * (1 if valid is None else valid)
     off_diagonal = ~torch.eye(batch, dtype=torch.bool, device=logits.device)
-    negatives = logits.masked_fill(~off_diagonal, float("-inf"))
-    log_mean_negative = torch.logsumexp(negatives, dim=1) - math.log(batch - 1)
-    sim = torch.sigmoid(positive - log_mean_negative)
+    negatives = logits.masked_fill(~off_diagonal, EXCLUDED_LOGIT)
+    if valid is None:
+        log_count = math.log(batch - 1)
+    else:
+        log_count = torch.log((valid.sum() - 1).clamp(min=1).to(logits.dtype))
+    # A row without any valid negative has logsumexp ~ -1e9: its sim is exactly 1, as for a batch of one.
+    sim = torch.sigmoid(positive - (torch.logsumexp(negatives, dim=1) - log_count))
+    if valid is not None:
+        sim = torch.where(valid, sim, torch.ones_like(sim))
+        loss = loss * valid
     return sim, loss
 
 

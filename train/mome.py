@@ -3,8 +3,9 @@
 Per sample (never across the batch): each large modality is projected to a token of ``d_small // M``; the tokens
 attend to each other (missing modalities masked as keys), add & norm; a dense softmax router weighs one expert
 per non-empty modality subset (``2^M - 1`` experts, each a 2-layer MLP over the concatenated tokens of its
-subset), experts whose subset holds a missing modality get a router logit of -inf; add & norm; a final linear to
-``d_small`` when ``M * (d_small // M) != d_small``.
+subset), experts whose subset holds a missing modality get a router logit of -inf; add & norm per token (a
+LayerNorm over each modality's ``token_dim`` slot, missing slots re-zeroed after it, so a missing modality never
+enters any normalisation statistics); a final linear to ``d_small`` when ``M * (d_small // M) != d_small``.
 
 Missing modalities: their input rows are replaced by zeros *before* the projection and their tokens are zeroed
 after attention, and every expert that would read them is routed to zero weight, so the output never depends on
@@ -25,6 +26,19 @@ def modality_subsets(n_modalities: int) -> list[tuple[int, ...]]:
     return [combo for size in range(1, n_modalities + 1) for combo in itertools.combinations(range(n_modalities), size)]
 
 
+def check_heads(d_small: int, n_modalities: int, n_heads: int) -> int:
+    """The token dimension ``d_small // M``; ValueError unless ``n_heads`` divides it (``mome_heads`` in configs)."""
+    token_dim = d_small // n_modalities
+    if token_dim < 1:
+        raise ValueError(f"d_small={d_small} is smaller than the number of modalities ({n_modalities})")
+    if n_heads < 1 or token_dim % n_heads:
+        raise ValueError(
+            f"mome_heads={n_heads} must be a positive divisor of the MoME token dimension d_small // M = "
+            f"{d_small} // {n_modalities} = {token_dim}"
+        )
+    return token_dim
+
+
 class MoME(nn.Module):
     """Fuse ``M`` large embeddings into one ``d_small`` vector per sample, with missing modalities masked.
 
@@ -41,11 +55,7 @@ class MoME(nn.Module):
             raise ValueError("MoME needs at least one large modality")
         self.modalities = list(input_dims)
         n_modalities = len(self.modalities)
-        token_dim = d_small // n_modalities
-        if token_dim < 1:
-            raise ValueError(f"d_small={d_small} is smaller than the number of modalities ({n_modalities})")
-        if token_dim % n_heads:
-            raise ValueError(f"n_heads={n_heads} does not divide the token dimension d_small // M = {token_dim}")
+        token_dim = check_heads(d_small, n_modalities, n_heads)
         self.d_small = d_small
         self.token_dim = token_dim
         flat_dim = n_modalities * token_dim
@@ -67,7 +77,7 @@ class MoME(nn.Module):
             )
             for subset in self.subsets
         )
-        self.expert_norm = nn.LayerNorm(flat_dim)
+        self.expert_norm = nn.LayerNorm(token_dim)  # per token: missing slots stay out of the statistics
         self.output = nn.Linear(flat_dim, d_small) if flat_dim != d_small else nn.Identity()
         self.last_empty: Tensor | None = None
         self.last_router_weights: Tensor | None = None
@@ -108,7 +118,9 @@ class MoME(nn.Module):
         mixed = torch.zeros_like(flat)
         for index, (subset, expert) in enumerate(zip(self.subsets, self.experts)):
             mixed = mixed + weights[:, index : index + 1] * expert(tokens[:, list(subset)].flatten(1))
-        fused = self.output(self.expert_norm(flat + mixed))
+        mixed_tokens = (tokens + mixed.view_as(tokens)) * present[..., None]
+        normed = self.expert_norm(mixed_tokens) * present[..., None]  # re-zero the missing slots
+        fused = self.output(normed.flatten(1))
         self.last_empty = empty
         self.last_router_weights = weights.detach()
         return fused * ~empty[:, None]

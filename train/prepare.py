@@ -79,7 +79,12 @@ class PreparedInputs:
 
 
 def _groups(
-    manifest: Manifest, tokenizer: str | os.PathLike | None, max_length: int, vocab_size: int, time_steps: int
+    manifest: Manifest,
+    tokenizer: str | os.PathLike | None,
+    max_length: int,
+    vocab_size: int,
+    time_steps: int,
+    window_hours: float = 48.0,
 ) -> list[InputGroup]:
     declared = manifest.info.small_inputs
     if not declared:
@@ -96,7 +101,7 @@ def _groups(
         elif small.kind == "text":
             groups.append(TextGroup(name, manifest, small, tokenizer, max_length, vocab_size))
         elif small.kind == "timeseries":
-            groups.append(TimeSeriesGroup(name, manifest, small, time_steps))
+            groups.append(TimeSeriesGroup(name, manifest, small, time_steps, window_hours))
         elif small.kind == "vector":
             groups.append(VectorGroup(name, manifest, small))
         else:
@@ -155,6 +160,8 @@ def prepare_small_inputs(
     max_length: int = 256,
     vocab_size: int = 8000,
     time_steps: int = 48,
+    window_hours: float = 48.0,
+    fit_ids: Sequence[str] | None = None,
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
     shard_format: str = "h5",
     build: bool = True,
@@ -169,12 +176,25 @@ def prepare_small_inputs(
         max_length: tokens kept per note.
         vocab_size: vocabulary size of a trained tokenizer.
         time_steps: length of the time-series grid.
+        window_hours: time-series rows at ``hours >= window_hours`` (or < 0) are dropped; the window is cut into
+            ``time_steps`` bins.
+        fit_ids: the samples statistics, vocabularies and a trained tokenizer are learned from (manifest train
+            rows only); None = every manifest train row. The trainer passes its train rows after a validation
+            carve, so nothing is learned from validation samples; the choice is part of each cache's fingerprint.
         rows_per_shard: samples per shard.
         shard_format: ``h5`` or ``parquet``.
         build: False only loads, raising CacheNotFound when a cache is absent or incomplete.
         show_progress: a rich progress bar while building.
     """
-    groups = _groups(manifest, tokenizer, max_length, vocab_size, time_steps)
+    groups = _groups(manifest, tokenizer, max_length, vocab_size, time_steps, window_hours)
+    if fit_ids is not None:
+        position = {sid: i for i, sid in enumerate(manifest.sample_ids)}
+        unknown = [sid for sid in fit_ids if sid not in position]
+        if unknown:
+            raise KeyError(f"fit_ids: sample {unknown[0]!r} is not in the manifest ({len(unknown)} unknown)")
+        fit_rows = sorted({position[sid] for sid in fit_ids})
+        for group in groups:
+            group.use_fit_rows(fit_rows)
     arrays: dict[str, np.ndarray] = {}
     specs: dict[str, SmallInputSpec] = {}
     paths: dict[str, Path] = {}

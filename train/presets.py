@@ -44,6 +44,10 @@ PRESETS: dict[str, TaskPreset] = {
 # Table 3: the fixed settings while analysing lambda (d = 128 ...) or d (lambda = 0.5 ...); the same for all three
 # MIMIC-IV-MM tasks. The swept field itself is not fixed by the table: here it holds 0.5 (lambda) or 128 (d), and
 # a sweep replaces it with :func:`ablation_preset`.
+# Note on t = 2.5: the threshold weighting is w_L = 0.5 + 0.5 * tanh(sl * (sim - t)) and sim lies in (0, 1], so
+# with t = 2.5 and sl = 10, w_L <= 0.5 + 0.5 * tanh(-15) ~ 1e-13: a threshold-weighted Table 3 run is small-only in
+# effect. The formula and the value are kept as published; ``adacomed-train`` warns at the start of such a run
+# (:func:`adacomed.train.weighting.weighting_warnings`).
 ABLATION_PRESETS: dict[str, TaskPreset] = {
     "lambda": TaskPreset(0.5, 128, 1.0, 1.0, 0.2, 2.5, 10.0),
     "d": TaskPreset(0.5, 128, 1.0, 1.0, 0.2, 2.5, 10.0),

@@ -2,6 +2,8 @@
 
 Test metrics are reported at the default threshold 0.5 and at the threshold chosen on validation (the one that
 maximises validation macro F1, :func:`choose_threshold`), so a tuned operating point never peeks at test.
+Every split is scored under the same frozen deployed fusion weights (the best epoch's train-epoch mean, see
+:mod:`adacomed.train.loop`): the threshold is chosen on validation and applied to test under one fused model.
 """
 
 from __future__ import annotations
@@ -74,6 +76,10 @@ def build_metrics(
     small_model_prob: dict[str, np.ndarray],
     best_epoch: int,
 ) -> dict[str, Any]:
+    deployed = {(o["w_large"], o["w_small"]) for o in outputs.values()}
+    if len(deployed) != 1:
+        raise ValueError(f"every split must be scored under the same deployed fusion weights; got {sorted(deployed)}")
+    w_large, w_small = deployed.pop()
     val = predictions[predictions.split == "val"]
     test = predictions[predictions.split == "test"]
     threshold = choose_threshold(val.label.to_numpy(), val.prob_fused.to_numpy())
@@ -101,6 +107,7 @@ def build_metrics(
             "at_val_threshold": binary_metrics(val.label, val.prob_fused, threshold),
         },
         "auroc": per_path,
+        "deployed_weights": {"w_large": w_large, "w_small": w_small},
         "weights": {
             s: {"w_large": o["w_large"], "w_small": o["w_small"], "sim_mean": o["sim_mean"]} for s, o in outputs.items()
         },
@@ -148,8 +155,8 @@ def write_plots(run_dir: Path, predictions: pd.DataFrame, history: list[dict[str
         plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["w_large"] for h in history], label="w_large (train mean)")
-    ax.plot(epochs, [h["w_small"] for h in history], label="w_small (train mean)")
+    ax.plot(epochs, [h["w_large"] for h in history], label="w_large (deployed)")
+    ax.plot(epochs, [h["w_small"] for h in history], label="w_small (deployed)")
     ax.plot(epochs, [h["sim_mean"] for h in history], "--", label="sim (train mean)")
     ax.set(xlabel="epoch", ylabel="weight / similarity", title="Fusion weights", ylim=(-0.02, 1.02))
     ax.legend(loc="best", fontsize=8)
@@ -197,8 +204,9 @@ def report_markdown(metrics: dict[str, Any]) -> str:
             "",
             *auroc_rows,
             "",
-            f"Test fusion weights: w_large {w['w_large']:.3f}, w_small {w['w_small']:.3f} "
-            f"(mean sim {w['sim_mean']:.3f}).",
+            f"Deployed fusion weights (mean over the best epoch's training steps, used for every split and "
+            f"patient): w_large {w['w_large']:.3f}, w_small {w['w_small']:.3f} (test batches' mean sim "
+            f"{w['sim_mean']:.3f}, a diagnostic).",
             "",
             "## Curves",
             "",

@@ -46,6 +46,19 @@ def threshold_weight(sim: Tensor, threshold: float = 0.5, slope: float = 10.0) -
     return large_weight, small_weight
 
 
+def weighting_warnings(strategy: str, preset: TaskPreset) -> list[str]:
+    """Settings under which a strategy cannot do what its name says (printed and warned at run start)."""
+    messages = []
+    if strategy == "threshold" and preset.threshold >= 1.0:
+        large = 0.5 + 0.5 * float(torch.tanh(torch.tensor(preset.threshold_slope * (1.0 - preset.threshold))))
+        messages.append(
+            f"weighting 'threshold' with threshold t={preset.threshold} >= 1: sim lies in (0, 1], so w_large <= "
+            f"{large:.3g} and the run is small-only in effect (Table 3's t = 2.5 does this; set "
+            "--set preset.threshold=<t below 1> for an adaptive threshold)"
+        )
+    return messages
+
+
 def adaptive_weight(strategy: str, sim_mean: Tensor, preset: TaskPreset) -> tuple[Tensor, Tensor]:
     """Weights of a non-learnable strategy from the batch's mean similarity, with the task preset's parameters.
 
