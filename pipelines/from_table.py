@@ -30,7 +30,7 @@ The mapping (YAML or JSON; see ``templates/example_mapping.yaml``) says which co
       stage: {column: stage, kind: ordinal, levels: [I, II, III, IV]}
 
 Then ``build_from_table("cohort.csv", "mapping.yaml", "out/")`` writes ``out/manifest.parquet``
-(``adacomed-data from-table cohort.csv mapping.yaml out/``).
+(``adacomed-data from-table --table cohort.csv --mapping mapping.yaml --out out/``).
 
 Checks, each naming what to fix: an unknown column lists the close matches; a label that is not 0/1 names the
 sample and the value and says to add ``positive_values``/``negative_values``; a split value must be
