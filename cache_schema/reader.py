@@ -12,6 +12,7 @@ cache.errors()                                    # per-sample failures (sample_
 from __future__ import annotations
 
 import json
+import operator
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -223,19 +224,26 @@ class EmbeddingCache:
         """Row positions of ids; KeyError naming the first id not in the cache."""
         ids = ids if isinstance(ids, (list, tuple)) else list(ids)
         try:
-            return np.fromiter(map(self._position.__getitem__, ids), dtype=np.int64, count=len(ids))
+            if len(ids) < 2:  # itemgetter returns a bare value for one key and needs at least one
+                found = [self._position[i] for i in ids]
+            else:
+                found = operator.itemgetter(*ids)(self._position)  # one C loop over the dict
+            return np.fromiter(found, dtype=np.int64, count=len(ids))
         except KeyError as exc:
             raise KeyError(f"sample {exc.args[0]!r} is not in cache {self.path}") from None
 
     def read(self, ids: Sequence[str], array: str = "embeddings") -> np.ndarray:
         """Rows for ``ids`` in the given order (a copy)."""
-        return self.read_positions(self.positions(ids), array)
+        return self._gather(self.positions(ids), array)
 
     def read_positions(self, positions: np.ndarray, array: str = "embeddings") -> np.ndarray:
         """Rows at integer positions (0 <= position < len(cache)), in the given order (a copy)."""
         positions = np.asarray(positions, dtype=np.int64)
         if positions.size and (positions.min() < 0 or positions.max() >= len(self.ids)):
             raise IndexError(f"positions must be in [0, {len(self.ids)}) for cache {self.path}")
+        return self._gather(positions, array)
+
+    def _gather(self, positions: np.ndarray, array: str) -> np.ndarray:
         if len(self._shards) == 1:
             return np.asarray(self._shards[0].array(array)[positions])
         out = np.empty((len(positions), *self.shape(array)), dtype=self.dtype(array))
