@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ...cache_schema import Fingerprint
+from ...cache_schema.errors import InputError
+from ...cache_schema.raw_images import read_xray
 from ..errors import ExtractError, WeightsError
 
 TINY_RANDOM = "tiny-random"
@@ -133,6 +135,26 @@ class Encoder(ABC):
             input_hash=input_hash,
             input_files=input_files,
         )
+
+
+class ImageEncoder(Encoder):
+    """An encoder of image pointers: the shared X-ray decoder, then the encoder's declared ``transform``."""
+
+    transform: Any  # PIL RGB image -> float tensor (C, H, W); an attribute or a property of the subclass
+
+    def load_input(self, pointer: Any) -> Any:
+        image = read_xray(Path(pointer))
+        try:
+            return self.transform(image)
+        except (ValueError, OSError) as exc:
+            raise InputError(
+                f"cannot preprocess image {Path(pointer).name} ({type(exc).__name__})", "preprocess"
+            ) from None
+
+    def collate(self, samples: list[Any]) -> Any:
+        import torch
+
+        return torch.stack(samples)
 
 
 def resolve_dtype_name(dtype: str, device: str) -> str:

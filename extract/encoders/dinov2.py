@@ -19,9 +19,8 @@ import numpy as np
 from PIL import Image
 
 from ...cache_schema.fingerprint import canonical_json
-from ..errors import ExtractError, InputError, WeightsError
-from ..readers.image import read_xray
-from .base import TINY_RANDOM, Encoder, EncoderSpec, register_encoder
+from ..errors import ExtractError, WeightsError
+from .base import TINY_RANDOM, Encoder, EncoderSpec, ImageEncoder, register_encoder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -110,7 +109,7 @@ class ImagePreprocessing:
         return pixels
 
 
-class Dinov2Encoder(Encoder):
+class Dinov2Encoder(ImageEncoder):
     """A frozen DINOv2 backbone; CLS (``pooler_output``) or CLS concatenated with the patch-token mean."""
 
     def __init__(
@@ -173,18 +172,6 @@ class Dinov2Encoder(Encoder):
                 f"but the encoder declared {self.embed_dim} ({self.spec.pooling})"
             )
         return model.to(self.device).eval()
-
-    def load_input(self, pointer: Any) -> Any:
-        image = read_xray(Path(pointer))
-        try:
-            return self.transform(image)
-        except (ValueError, OSError) as exc:
-            raise InputError(f"cannot preprocess image {Path(pointer).name}: {exc}", "preprocess") from None
-
-    def collate(self, samples: list[Any]) -> Any:
-        import torch
-
-        return torch.stack(samples)
 
     def forward(self, batch: Any) -> Any:
         import torch

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ...cache_schema.fingerprint import canonical_json
-from ..errors import ExtractError, InputError, WeightsError
-from ..readers.image import read_xray
-from .base import TINY_RANDOM, Encoder, EncoderSpec, file_sha256, register_encoder, weights_identity
+from ..errors import ExtractError, WeightsError
+from .base import TINY_RANDOM, Encoder, EncoderSpec, ImageEncoder, file_sha256, register_encoder, weights_identity
 
 TINY_CLIP_NAME = "adacomed-tiny-clip"
 TINY_CLIP_CONFIG = {
@@ -32,7 +31,7 @@ TINY_SEED = 0
 OPTIONS = ("architecture",)
 
 
-class OpenClipImageEncoder(Encoder):
+class OpenClipImageEncoder(ImageEncoder):
     """The image tower of an open_clip model: ``encode_image(x, normalize=False)``."""
 
     def __init__(
@@ -131,18 +130,6 @@ class OpenClipImageEncoder(Encoder):
             cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in self.preprocess_cfg.items()}
             self._transform = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
         return self._transform
-
-    def load_input(self, pointer: Any) -> Any:
-        image = read_xray(Path(pointer))
-        try:
-            return self.transform(image)
-        except (ValueError, OSError) as exc:
-            raise InputError(f"cannot preprocess image ({type(exc).__name__})", "preprocess") from None
-
-    def collate(self, samples: list[Any]) -> Any:
-        import torch
-
-        return torch.stack(samples)
 
     def forward(self, batch: Any) -> Any:
         return self.model.encode_image(batch, normalize=False)
