@@ -246,12 +246,14 @@ class EmbeddingCache:
     def _gather(self, positions: np.ndarray, array: str) -> np.ndarray:
         if len(self._shards) == 1:
             return np.asarray(self._shards[0].array(array)[positions])
-        out = np.empty((len(positions), *self.shape(array)), dtype=self.dtype(array))
         shard_of = self._shard_of[positions]
         rows = self._row_of[positions]
-        for s in np.unique(shard_of):
-            mask = shard_of == s
-            out[mask] = self._shards[int(s)].array(array)[rows[mask]]
+        out = np.empty((len(positions), *self.shape(array)), dtype=self.dtype(array))
+        order = np.argsort(shard_of, kind="stable")  # group the batch by shard, one gather per shard
+        starts = np.flatnonzero(np.diff(shard_of[order])) + 1
+        for group in np.split(order, starts):
+            if len(group):
+                out[group] = self._shards[int(shard_of[group[0]])].array(array)[rows[group]]
         return out
 
     def torch(self, ids: Sequence[str] | None = None, array: str = "embeddings", dtype: Any = None) -> Any:

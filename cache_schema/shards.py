@@ -108,7 +108,9 @@ class ShardReader:
             for name, info in shapes.items():
                 chunked = table.column(name).combine_chunks()
                 flat = chunked.values.to_numpy(zero_copy_only=False)
-                self._arrays[name] = flat.astype(np.dtype(info["dtype"]), copy=False).reshape([n, *info["shape"]])
+                values = flat.astype(np.dtype(info["dtype"]), copy=False).reshape([n, *info["shape"]])
+                values.setflags(write=False)  # like the HDF5 memory maps: readers get views, never the cache's state
+                self._arrays[name] = values
             self._layout = {name: (None, arr.shape, arr.dtype) for name, arr in self._arrays.items()}
 
     @property
