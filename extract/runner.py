@@ -362,13 +362,8 @@ def slurm_array_split() -> tuple[int, int] | None:
     task = os.environ.get("SLURM_ARRAY_TASK_ID")
     if task is None:
         return None
-    step = int(os.environ.get("SLURM_ARRAY_TASK_STEP", "1") or 1)
-    index = (int(task) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))) // step
-    count = os.environ.get("SLURM_ARRAY_TASK_COUNT")
-    if count is None:
-        count = str(
-            (int(os.environ.get("SLURM_ARRAY_TASK_MAX", task)) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0")))
-            // step
-            + 1
-        )
-    return int(count), index
+    step = int(os.environ.get("SLURM_ARRAY_TASK_STEP") or 1)
+    low = int(os.environ.get("SLURM_ARRAY_TASK_MIN") or 0)
+    high = int(os.environ.get("SLURM_ARRAY_TASK_MAX") or task)
+    count = int(os.environ.get("SLURM_ARRAY_TASK_COUNT") or (high - low) // step + 1)
+    return count, (int(task) - low) // step
