@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -13,7 +15,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
 
 
-def _done(manifest: Path) -> None:
+def _build(builder: Callable[..., Path], *args: Any, **kwargs: Any) -> None:
+    """Run a cohort builder; a bad input is a one-line error naming it, not a traceback."""
+    try:
+        manifest = builder(*args, **kwargs)
+    except (CacheError, ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     console.print(f"[green]manifest written:[/green] {manifest}")
 
 
@@ -26,7 +34,7 @@ def demo(
     """A deterministic synthetic cohort with all six modalities and labels for all four tasks."""
     from .demo import build_demo_cohort
 
-    _done(build_demo_cohort(out, subjects=subjects, seed=seed))
+    _build(build_demo_cohort, out, subjects=subjects, seed=seed)
 
 
 @app.command()
@@ -41,12 +49,7 @@ def mmist(
     """The MMIST ccRCC release as a manifest (task vital12)."""
     from .mmist import build_mmist_cohort
 
-    try:
-        path = build_mmist_cohort(root, out, cohort=cohort, ct_root=ct_root, wsi_root=wsi_root, template=template)
-    except (CacheError, ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    _done(path)
+    _build(build_mmist_cohort, root, out, cohort=cohort, ct_root=ct_root, wsi_root=wsi_root, template=template)
 
 
 @app.command("mimic-iv-mm")
@@ -71,25 +74,21 @@ def mimic_iv_mm(
     """One sample per admission from the credentialed MIMIC-IV, MIMIC-CXR-JPG and MIMIC-IV-Note releases."""
     from .mimic import build_mimic_iv_mm
 
-    try:
-        path = build_mimic_iv_mm(
-            mimic_iv,
-            mimic_cxr,
-            mimic_note,
-            out,
-            window_hours=window_hours,
-            xray=xray,
-            chunksize=chunksize,
-            variables_dir=variables_dir,
-            require_all_modalities=require_all_modalities,
-            note_types=tuple(t.strip() for t in note_types.split(",") if t.strip()),
-            icu_only=not all_admissions,
-            seed=seed,
-        )
-    except (CacheError, ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    _done(path)
+    _build(
+        build_mimic_iv_mm,
+        mimic_iv,
+        mimic_cxr,
+        mimic_note,
+        out,
+        window_hours=window_hours,
+        xray=xray,
+        chunksize=chunksize,
+        variables_dir=variables_dir,
+        require_all_modalities=require_all_modalities,
+        note_types=tuple(t.strip() for t in note_types.split(",") if t.strip()),
+        icu_only=not all_admissions,
+        seed=seed,
+    )
 
 
 @app.command("from-table")
@@ -101,9 +100,4 @@ def from_table(
     """Bring your own cohort: a table plus a small mapping file becomes a manifest."""
     from .from_table import build_from_table
 
-    try:
-        path = build_from_table(table, mapping, out)
-    except (CacheError, ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    _done(path)
+    _build(build_from_table, table, mapping, out)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import math
 import os
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,26 @@ def _window_hours(times: pd.Series, hadm: pd.Series, admit: pd.Series) -> np.nda
     return ((times - start).dt.total_seconds() / 3600.0).to_numpy()
 
 
+def _cohort_chunks(
+    path: Path,
+    table: str,
+    columns: list[str],
+    dtype: dict[str, str],
+    chunksize: int,
+    wanted_items: np.ndarray,
+    cohort: np.ndarray,
+    stats: EventStats,
+) -> Iterator[tuple[pd.DataFrame, pd.Series]]:
+    """Stream a large event table: count its rows, keep listed items of cohort admissions; (chunk, hadm_id)."""
+    stream = read_csv_chunks(path, columns, chunksize, dtype=dtype, description=f"reading {table}")
+    with closing(stream) as chunks:  # a failure inside the loop must end the progress display at once
+        for chunk in chunks:
+            stats.rows_read[table] = stats.rows_read.get(table, 0) + len(chunk)
+            chunk = chunk[chunk["itemid"].isin(wanted_items) & chunk["hadm_id"].isin(cohort)]
+            if not chunk.empty:
+                yield chunk, chunk["hadm_id"].astype("int64")
+
+
 def _stream_events(
     path: Path,
     table: str,
@@ -84,53 +105,45 @@ def _stream_events(
         columns=["itemid", "multiply", "add", "low", "high"],
     ).set_index("itemid")
     dtype = {"hadm_id": "float64", "itemid": "float64", "charttime": "str", "value": "str", "valuenum": "float64"}
-    # closing(): a failure inside the loop must end the progress display at once.
-    stream = read_csv_chunks(path, EVENT_COLUMNS, chunksize, dtype=dtype, description=f"reading {table}")
-    with closing(stream) as chunks:
-        for chunk in chunks:
-            stats.rows_read[table] = stats.rows_read.get(table, 0) + len(chunk)
-            chunk = chunk[chunk["itemid"].isin(wanted_items) & chunk["hadm_id"].isin(cohort)]
-            if chunk.empty:
-                continue
-            hadm = chunk["hadm_id"].astype("int64")
-            hours = _window_hours(parse_mimic_times(chunk["charttime"], table, "charttime"), hadm, admit)
-            inside = (hours >= 0) & (hours < window_hours)
-            chunk, hadm, hours = chunk[inside], hadm[inside], hours[inside]
-            stats.rows_in_window[table] = stats.rows_in_window.get(table, 0) + len(chunk)
-            if chunk.empty:
-                continue
-            itemid = chunk["itemid"].astype("int64").to_numpy()
-            frame = pd.DataFrame(
-                {
-                    "hadm_id": hadm.to_numpy(),
-                    "row": np.floor(hours).astype(np.int64),
-                    "channel": pd.Series(itemid).map(item_channel).to_numpy(),
-                    "time": hours,
-                }
+    for chunk, hadm in _cohort_chunks(path, table, EVENT_COLUMNS, dtype, chunksize, wanted_items, cohort, stats):
+        hours = _window_hours(parse_mimic_times(chunk["charttime"], table, "charttime"), hadm, admit)
+        inside = (hours >= 0) & (hours < window_hours)
+        chunk, hadm, hours = chunk[inside], hadm[inside], hours[inside]
+        stats.rows_in_window[table] = stats.rows_in_window.get(table, 0) + len(chunk)
+        if chunk.empty:
+            continue
+        itemid = chunk["itemid"].astype("int64").to_numpy()
+        frame = pd.DataFrame(
+            {
+                "hadm_id": hadm.to_numpy(),
+                "row": np.floor(hours).astype(np.int64),
+                "channel": pd.Series(itemid).map(item_channel).to_numpy(),
+                "time": hours,
+            }
+        )
+        numeric = np.isin(itemid, numeric_items)
+        if numeric.any():
+            mult, add, low, high = params.loc[itemid[numeric]].to_numpy().T
+            values = chunk["valuenum"].to_numpy()[numeric] * mult + add
+            ok = np.isfinite(values) & (values >= low) & (values <= high)
+            dropped = int((np.isfinite(values) & ~ok).sum())
+            stats.out_of_range[table] = stats.out_of_range.get(table, 0) + dropped
+            part = frame[numeric][ok].assign(value=values[ok])
+            numeric_parts.append(part.groupby(KEY, sort=False)["value"].agg(["sum", "count"]).reset_index())
+        if (~numeric).any():
+            texts = chunk["value"].to_numpy()[~numeric]
+            codes = np.array(
+                [
+                    items[i].mapping.get(str(t).strip().casefold(), np.nan) if isinstance(t, str) else np.nan
+                    for i, t in zip(itemid[~numeric], texts, strict=True)
+                ],
+                dtype=float,
             )
-            numeric = np.isin(itemid, numeric_items)
-            if numeric.any():
-                mult, add, low, high = params.loc[itemid[numeric]].to_numpy().T
-                values = chunk["valuenum"].to_numpy()[numeric] * mult + add
-                ok = np.isfinite(values) & (values >= low) & (values <= high)
-                dropped = int((np.isfinite(values) & ~ok).sum())
-                stats.out_of_range[table] = stats.out_of_range.get(table, 0) + dropped
-                part = frame[numeric][ok].assign(value=values[ok])
-                numeric_parts.append(part.groupby(KEY, sort=False)["value"].agg(["sum", "count"]).reset_index())
-            if (~numeric).any():
-                texts = chunk["value"].to_numpy()[~numeric]
-                codes = np.array(
-                    [
-                        items[i].mapping.get(str(t).strip().casefold(), np.nan) if isinstance(t, str) else np.nan
-                        for i, t in zip(itemid[~numeric], texts, strict=True)
-                    ],
-                    dtype=float,
-                )
-                mapped = np.isfinite(codes)
-                unmapped = int((~mapped & pd.notna(texts)).sum())
-                stats.unmapped_categorical[table] = stats.unmapped_categorical.get(table, 0) + unmapped
-                part = frame[~numeric][mapped].assign(value=codes[mapped])
-                categorical_parts.append(_last_per_key(part))
+            mapped = np.isfinite(codes)
+            unmapped = int((~mapped & pd.notna(texts)).sum())
+            stats.unmapped_categorical[table] = stats.unmapped_categorical.get(table, 0) + unmapped
+            part = frame[~numeric][mapped].assign(value=codes[mapped])
+            categorical_parts.append(_last_per_key(part))
     return numeric_parts, categorical_parts
 
 
@@ -157,37 +170,29 @@ def _stream_procedures(
     item_channel = {i: channel_index[it.name] for i, it in items.items()}
     dtype = {"hadm_id": "float64", "itemid": "float64", "starttime": "str", "endtime": "str"}
     table = "procedureevents"
-    # closing(): a failure inside the loop must end the progress display at once.
-    stream = read_csv_chunks(path, PROCEDURE_COLUMNS, chunksize, dtype=dtype, description=f"reading {table}")
-    with closing(stream) as chunks:
-        for chunk in chunks:
-            stats.rows_read[table] = stats.rows_read.get(table, 0) + len(chunk)
-            chunk = chunk[chunk["itemid"].isin(wanted_items) & chunk["hadm_id"].isin(cohort)]
-            if chunk.empty:
-                continue
-            hadm = chunk["hadm_id"].astype("int64")
-            start = _window_hours(parse_mimic_times(chunk["starttime"], table, "starttime"), hadm, admit)
-            end = _window_hours(parse_mimic_times(chunk["endtime"], table, "endtime"), hadm, admit)
-            inside = (start >= 0) & (start < window_hours)
-            stats.rows_in_window[table] = stats.rows_in_window.get(table, 0) + int(inside.sum())
-            if not inside.any():
-                continue
-            first = np.floor(start[inside]).astype(np.int64)
-            end = np.where(np.isnan(end[inside]), start[inside], end[inside])
-            # Last hour touched: the hour holding endtime (an end exactly on an hour boundary does not touch it).
-            last = np.maximum(first, np.minimum(np.ceil(end).astype(np.int64) - 1, rows - 1))
-            span = last - first + 1
-            channel = chunk["itemid"].astype("int64")[inside].map(item_channel)
-            offsets = np.arange(span.sum()) - np.repeat(np.cumsum(span) - span, span)
-            parts.append(
-                pd.DataFrame(
-                    {
-                        "hadm_id": np.repeat(hadm.to_numpy()[inside], span),
-                        "row": np.repeat(first, span) + offsets,
-                        "channel": np.repeat(channel.to_numpy(), span),
-                    }
-                ).drop_duplicates()
-            )
+    for chunk, hadm in _cohort_chunks(path, table, PROCEDURE_COLUMNS, dtype, chunksize, wanted_items, cohort, stats):
+        start = _window_hours(parse_mimic_times(chunk["starttime"], table, "starttime"), hadm, admit)
+        end = _window_hours(parse_mimic_times(chunk["endtime"], table, "endtime"), hadm, admit)
+        inside = (start >= 0) & (start < window_hours)
+        stats.rows_in_window[table] = stats.rows_in_window.get(table, 0) + int(inside.sum())
+        if not inside.any():
+            continue
+        first = np.floor(start[inside]).astype(np.int64)
+        end = np.where(np.isnan(end[inside]), start[inside], end[inside])
+        # Last hour touched: the hour holding endtime (an end exactly on an hour boundary does not touch it).
+        last = np.maximum(first, np.minimum(np.ceil(end).astype(np.int64) - 1, rows - 1))
+        span = last - first + 1
+        channel = chunk["itemid"].astype("int64")[inside].map(item_channel)
+        offsets = np.arange(span.sum()) - np.repeat(np.cumsum(span) - span, span)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "hadm_id": np.repeat(hadm.to_numpy()[inside], span),
+                    "row": np.repeat(first, span) + offsets,
+                    "channel": np.repeat(channel.to_numpy(), span),
+                }
+            ).drop_duplicates()
+        )
     return parts
 
 
