@@ -241,6 +241,9 @@ class Slide:
 
 # =================================================================================================== backends
 def _open_backend(path: Path, backend: str) -> Any:
+    # OpenSlide reads an OME pyramid's SubIFDs as a single level: tifffile sees the whole pyramid.
+    if backend == "auto" and path.name.lower().endswith((".ome.tif", ".ome.tiff")):
+        backend = "tiff"
     if backend in ("auto", "openslide"):
         try:
             import openslide

@@ -1,0 +1,202 @@
+"""UNI (ViT-L/16, 1024-d) over a slide's patches: a bag of patch features and the slide vector (their mean).
+
+The model is timm's ``vit_large_patch16_224`` built as UNI's authors build it for a local checkpoint
+(``init_values=1e-5`` so the LayerScale weights exist, ``num_classes=0`` so the output is the final-normed CLS
+token, ``dynamic_img_size=True``), loaded with ``strict=True`` from ``model.safetensors`` or a tensor-only
+``pytorch_model.bin`` (``torch.load(weights_only=True)``: no pickled objects). Preprocessing is declared here and
+recorded in the cache key: Resize 224 (bilinear, shortest side), CenterCrop 224, ImageNet mean/std set
+explicitly (timm's default config for a locally built ViT-L says 0.5/0.5, which is wrong for UNI).
+
+``tiny-random`` is the same ``VisionTransformer`` class with a tiny width and depth and seeded random weights.
+
+Patches are read by worker processes, each with its own open slide (:mod:`..wsi.patch_reader`), and streamed to
+the model batch by batch; features land in one preallocated (N, D) float32 array, which is the bag (never copied).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...cache_schema.fingerprint import canonical_json
+from ..errors import WeightsError
+from ..wsi.patch_reader import PatchReaderPool, PatchTransform, ReadSpec
+
+UNI_ARCH = "vit_large_patch16_224"
+UNI_KWARGS: dict[str, Any] = {"img_size": 224, "patch_size": 16, "init_values": 1e-5, "num_classes": 0}
+UNI_DIM = 1024
+TINY_UNI: dict[str, Any] = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+TINY_SEED = 0
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CHECKPOINT_NAMES = ("model.safetensors", "pytorch_model.bin", "uni.safetensors", "uni.bin")
+TINY_RANDOM = "tiny-random"
+
+
+@dataclass(frozen=True)
+class UniPreprocessing:
+    """The declared preprocessing (CPU part runs in the reader workers; normalisation next to the model)."""
+
+    resize: int = 224
+    crop: int = 224
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def transform(self) -> PatchTransform:
+        return PatchTransform(self.resize, self.crop, self.interpolation)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "resize": self.resize,
+            "center_crop": self.crop,
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+
+# ------------------------------------------------------------------------------------------------ weights
+def resolve_checkpoint(weights: str) -> Path:
+    """A checkpoint file: the path itself, a known file name inside a folder, or one in the local HF cache."""
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for name in CHECKPOINT_NAMES:
+            if (path / name).is_file():
+                return path / name
+        candidates = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pth", ".pt"))
+        if len(candidates) == 1:
+            return candidates[0]
+        raise WeightsError(f"weights folder {path} holds no single UNI checkpoint ({', '.join(CHECKPOINT_NAMES)})")
+    if weights.count("/") == 1 and not weights.startswith((".", "/", "~")):
+        from huggingface_hub import try_to_load_from_cache
+
+        for name in CHECKPOINT_NAMES[:2]:
+            cached = try_to_load_from_cache(weights, name)
+            if isinstance(cached, str):
+                return Path(cached)
+        raise WeightsError(
+            f"{weights!r} is not in the local Hugging Face cache (UNI is gated: download it once with "
+            f"huggingface-cli download {weights}), or pass --weights /path/to/pytorch_model.bin"
+        )
+    raise WeightsError(f"UNI weights {weights!r}: no such file or folder")
+
+
+def load_state_dict(path: Path) -> dict[str, Any]:
+    """Tensors only: safetensors, or ``torch.load(weights_only=True)`` (refuses pickled objects)."""
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling errors have many types; all mean "not a tensor file"
+        raise WeightsError(f"cannot load {path.name} as tensors only (weights_only=True): {exc}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path.name} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def build_uni_model(weights: str, tiny: dict[str, Any] | None = None, seed: int = TINY_SEED) -> Any:
+    """UNI's architecture; ``tiny-random``: the same class at ``tiny`` size with seeded random weights."""
+    import timm
+    import torch
+
+    kwargs = {**UNI_KWARGS, "dynamic_img_size": True}
+    if weights == TINY_RANDOM:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = timm.create_model(UNI_ARCH, pretrained=False, **kwargs, **(tiny or TINY_UNI))
+        return model.eval()
+    checkpoint = resolve_checkpoint(weights)
+    model = timm.create_model(UNI_ARCH, pretrained=False, **kwargs)
+    state = load_state_dict(checkpoint)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"{checkpoint.name} does not match UNI's ViT-L/16 (strict load): {str(exc)[:400]}") from None
+    return model.eval()
+
+
+def tiny_identity(seed: int = TINY_SEED, tiny: dict[str, Any] | None = None) -> str:
+    recipe = {"arch": UNI_ARCH, **UNI_KWARGS, "dynamic_img_size": True, **(tiny or TINY_UNI), "seed": seed}
+    return f"{TINY_RANDOM}:{hashlib.sha256(canonical_json(recipe).encode()).hexdigest()[:16]}"
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+@dataclass
+class BagResult:
+    """One slide's bag: ``features`` (N, D) float32, ``coords`` (N, 2) int64, flags of replaced tiles, timings."""
+
+    features: np.ndarray
+    coords: np.ndarray
+    replaced: np.ndarray
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def slide_vector(self) -> np.ndarray:
+        return self.features.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def normalizer(preprocessing: UniPreprocessing, device: str) -> Callable[[np.ndarray], Any]:
+    """uint8 (B, H, W, 3) -> float32 (B, 3, H, W) on ``device``, ImageNet-normalised."""
+    import torch
+
+    mean = torch.tensor(preprocessing.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(preprocessing.std, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
+
+    def run(pixels: np.ndarray) -> Any:
+        batch = torch.from_numpy(pixels).to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+        return (batch - mean) / std
+
+    return run
+
+
+def embed_patches(
+    model: Any,
+    pool: PatchReaderPool,
+    spec: ReadSpec,
+    coords: np.ndarray,
+    batch_size: int,
+    preprocessing: UniPreprocessing,
+    device: str = "cpu",
+    autocast: Any = None,
+    embed_dim: int | None = None,
+) -> BagResult:
+    """Read ``coords`` with ``pool`` and run ``model`` batch by batch into one preallocated feature array."""
+    import torch
+
+    normalise = normalizer(preprocessing, device)
+    features: np.ndarray | None = None if embed_dim is None else np.empty((len(coords), embed_dim), np.float32)
+    replaced = np.zeros(len(coords), dtype=bool)
+    waited = computed = 0.0
+    mark = time.perf_counter()
+    for start, pixels, flags in pool.batches(spec, coords, batch_size):
+        now = time.perf_counter()
+        waited += now - mark
+        with torch.inference_mode(), autocast or contextlib.nullcontext():
+            out = model(normalise(pixels))
+        out = out.float().cpu().numpy()
+        if features is None:
+            features = np.empty((len(coords), out.shape[1]), np.float32)
+        features[start : start + len(out)] = out
+        replaced[start : start + len(out)] = flags
+        mark = time.perf_counter()
+        computed += mark - now
+    if features is None:
+        features = np.zeros((0, embed_dim or 0), np.float32)
+    return BagResult(features, coords, replaced, {"waiting_for_patches": waited, "model": computed})
