@@ -111,8 +111,9 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     return state
 
 
-def build_uni_model(weights: str, tiny: dict[str, Any] | None = None, seed: int = TINY_SEED) -> Any:
-    """UNI's architecture; ``tiny-random``: the same class at ``tiny`` size with seeded random weights."""
+def build_uni_model(weights: str, size: dict[str, Any] | None = None, seed: int = TINY_SEED) -> Any:
+    """UNI's architecture with weights from ``weights``; ``tiny-random``: the same class at a tiny ``size`` with
+    seeded random weights. ``size`` (``embed_dim``, ``depth``, ``num_heads``) also shrinks a real load (tests)."""
     import timm
     import torch
 
@@ -120,11 +121,11 @@ def build_uni_model(weights: str, tiny: dict[str, Any] | None = None, seed: int 
     if weights == TINY_RANDOM:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = timm.create_model(UNI_ARCH, pretrained=False, **kwargs, **(tiny or TINY_UNI))
+            model = timm.create_model(UNI_ARCH, pretrained=False, **kwargs, **(size or TINY_UNI))
         return model.eval()
     checkpoint = resolve_checkpoint(weights)
-    model = timm.create_model(UNI_ARCH, pretrained=False, **kwargs)
     state = load_state_dict(checkpoint)
+    model = timm.create_model(UNI_ARCH, pretrained=False, **kwargs, **(size or {}))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -132,8 +133,13 @@ def build_uni_model(weights: str, tiny: dict[str, Any] | None = None, seed: int 
     return model.eval()
 
 
-def tiny_identity(seed: int = TINY_SEED, tiny: dict[str, Any] | None = None) -> str:
-    recipe = {"arch": UNI_ARCH, **UNI_KWARGS, "dynamic_img_size": True, **(tiny or TINY_UNI), "seed": seed}
+def tiny_recipe(seed: int = TINY_SEED) -> dict[str, Any]:
+    """The config and seed of the tiny-random instance (its weights identity is their hash)."""
+    return {"arch": UNI_ARCH, **UNI_KWARGS, "dynamic_img_size": True, **TINY_UNI, "seed": seed}
+
+
+def tiny_identity(seed: int = TINY_SEED) -> str:
+    recipe = tiny_recipe(seed)
     return f"{TINY_RANDOM}:{hashlib.sha256(canonical_json(recipe).encode()).hexdigest()[:16]}"
 
 
