@@ -234,3 +234,23 @@ def test_parallel_readers_return_the_in_process_pixels_in_order(kind: str, small
         batches = list(pool.batches(spec, coords, 5))
     assert [b[0] for b in batches] == [0, 5, 10, 15, 20]
     np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), expected)
+
+
+def test_patch_only_writes_clam_layout_and_reruns_only_changed_parameters(tmp_path: Path, small_slide: Path) -> None:
+    from adacomed.extract.wsi.patch_only import write_patch_files
+
+    junk = tmp_path / "junk.svs"
+    junk.write_bytes(b"garbage" * 50)
+    items = {"s1": small_slide, "s2": junk}
+    out = tmp_path / "clam"
+    summary = write_patch_files(items, SlidePatcher(preset="bwh_biopsy"), out)
+    rows = {r["sample_id"]: r for r in summary.rows}
+    assert rows["s1"]["status"] == "processed" and rows["s1"]["patches"] > 0 and rows["s1"]["mpp"] == 0.5
+    assert rows["s2"]["status"] == "failed_read" and "junk.svs" in rows["s2"]["reason"]
+    coords, attrs = read_patch_coords(out / "patches" / "small.h5")
+    assert len(coords) == rows["s1"]["patches"] and attrs["patch_size"] == 256
+    assert (out / "slides.csv").read_text().startswith("sample_id,slide_id,status")
+    again = write_patch_files(items, SlidePatcher(preset="bwh_biopsy"), out)
+    assert [r["status"] for r in again.rows] == ["already_exist", "failed_read"]
+    changed = write_patch_files(items, SlidePatcher(preset="bwh_biopsy", step_size=128), out)
+    assert changed.rows[0]["status"] == "processed" and changed.rows[0]["patches"] > rows["s1"]["patches"]
