@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,8 +27,11 @@ from typing import Any
 import numpy as np
 
 from ...cache_schema.fingerprint import canonical_json
-from ..errors import WeightsError
+from ..errors import ExtractError, WeightsError
 from ..wsi.patch_reader import PatchReaderPool, PatchTransform, ReadSpec
+from ..wsi.patcher import PatchedSlide
+from .base import TINY_RANDOM as TINY
+from .base import EncodedSamples, Encoder, EncoderSpec, register_encoder
 
 UNI_ARCH = "vit_large_patch16_224"
 UNI_KWARGS: dict[str, Any] = {"img_size": 224, "patch_size": 16, "init_values": 1e-5, "num_classes": 0}
@@ -37,7 +41,7 @@ TINY_SEED = 0
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_NAMES = ("model.safetensors", "pytorch_model.bin", "uni.safetensors", "uni.bin")
-TINY_RANDOM = "tiny-random"
+TINY_RANDOM = TINY
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,10 @@ def build_uni_model(weights: str, size: dict[str, Any] | None = None, seed: int 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = timm.create_model(UNI_ARCH, pretrained=False, **kwargs, **(size or TINY_UNI))
+        with torch.no_grad():  # LayerScale at 1e-5 would make a random model's output ignore its input
+            for name, parameter in model.named_parameters():
+                if name.endswith(("ls1.gamma", "ls2.gamma")):
+                    parameter.fill_(1.0)
         return model.eval()
     checkpoint = resolve_checkpoint(weights)
     state = load_state_dict(checkpoint)
@@ -135,7 +143,7 @@ def build_uni_model(weights: str, size: dict[str, Any] | None = None, seed: int 
 
 def tiny_recipe(seed: int = TINY_SEED) -> dict[str, Any]:
     """The config and seed of the tiny-random instance (its weights identity is their hash)."""
-    return {"arch": UNI_ARCH, **UNI_KWARGS, "dynamic_img_size": True, **TINY_UNI, "seed": seed}
+    return {"arch": UNI_ARCH, **UNI_KWARGS, "dynamic_img_size": True, **TINY_UNI, "seed": seed, "layer_scale": 1.0}
 
 
 def tiny_identity(seed: int = TINY_SEED) -> str:
@@ -166,8 +174,8 @@ def normalizer(preprocessing: UniPreprocessing, device: str) -> Callable[[np.nda
     std = torch.tensor(preprocessing.std, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
 
     def run(pixels: np.ndarray) -> Any:
-        batch = torch.from_numpy(pixels).to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-        return (batch - mean) / std
+        batch = torch.from_numpy(pixels).to(device, non_blocking=True).permute(0, 3, 1, 2)
+        return batch.float().contiguous().sub_(mean).div_(std)
 
     return run
 
@@ -206,3 +214,123 @@ def embed_patches(
     if features is None:
         features = np.zeros((0, embed_dim or 0), np.float32)
     return BagResult(features, coords, replaced, {"waiting_for_patches": waited, "model": computed})
+
+
+# ------------------------------------------------------------------------------------------------ the encoder
+SLIDE_INFO_FIELDS = ("mpp", "level0_magnification", "patch_size_level0", "read_level", "read_size", "contours")
+
+
+def slide_info_row(patched: PatchedSlide) -> np.ndarray:
+    """One float32 row per slide (bag ``slide_info``, fields :data:`SLIDE_INFO_FIELDS`; -1 = unknown)."""
+    info = patched.info
+    values = (
+        -1.0 if info.mpp is None else info.mpp,
+        -1.0 if info.magnification is None else info.magnification,
+        patched.grid.patch_size_level0,
+        patched.grid.read_level,
+        patched.grid.read_size,
+        patched.tissue["contours"],
+    )
+    return np.asarray([values], dtype=np.float32)
+
+
+class UniEncoder(Encoder):
+    """A bag encoder: one slide in, its patch features + coordinates (bags) and their mean (the embedding) out."""
+
+    def __init__(
+        self,
+        spec: EncoderSpec,
+        weights: str | None,
+        device: str = "cpu",
+        dtype: str = "auto",
+        reader_workers: int | None = None,
+        reader_kind: str = "auto",
+    ):
+        super().__init__(spec, weights, device, dtype)
+        if not self.weights:
+            raise WeightsError(f"{spec.name}: no weights given; pass --weights /path/to/pytorch_model.bin")
+        self.embed_dim = TINY_UNI["embed_dim"] if self.is_tiny else spec.embed_dim
+        self.preprocess = UniPreprocessing()
+        workers = default_reader_workers() if reader_workers is None else int(reader_workers)
+        if workers < 0:
+            raise ExtractError(f"{spec.name}: reader_workers must be >= 0, got {workers}")
+        self.reader_workers, self.reader_kind = workers, str(reader_kind)
+        self._pool: PatchReaderPool | None = None
+
+    def build_model(self) -> Any:
+        model = build_uni_model(self.weights)
+        return model.to(self.device)
+
+    def forward(self, batch: Any) -> Any:
+        return self.model(batch)
+
+    def preprocessing(self) -> dict[str, Any]:
+        return self.preprocess.as_dict()
+
+    def tiny_recipe(self) -> dict[str, Any]:
+        return tiny_recipe()
+
+    def pool(self) -> PatchReaderPool:
+        if self._pool is None:
+            self._pool = PatchReaderPool(self.reader_workers, kind=self.reader_kind)
+        return self._pool
+
+    def encode_samples(self, samples: list[Any], batch_size: int) -> EncodedSamples:
+        """Each sample is one :class:`PatchedSlide`: read its patches in the workers, embed them batch by batch."""
+        rows, bags = [], []
+        for patched in samples:
+            grid = patched.grid
+            spec = ReadSpec(
+                patched.slide_options, grid.read_level, grid.read_size, grid.patch_size, self.preprocess.transform
+            )
+            bag = embed_patches(
+                self.model,
+                self.pool(),
+                spec,
+                grid.coords,
+                batch_size,
+                self.preprocess,
+                self.device,
+                self.autocast(),
+                self.embed_dim,
+            )
+            rows.append(bag.slide_vector)
+            bags.append(
+                {
+                    "features": bag.features,
+                    "coords": bag.coords,
+                    "tile_replaced": bag.replaced.astype(np.uint8),
+                    "slide_info": slide_info_row(patched),
+                }
+            )
+        return EncodedSamples(np.stack(rows), bags)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+
+def default_reader_workers() -> int:
+    """One reader process per core but one (left to the model and the decode threads), at most 8, at least 1."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+UNI_SPEC = EncoderSpec(
+    "uni",
+    "wsi",
+    UNI_DIM,
+    "mean",
+    reader="slide",
+    options=("reader_workers", "reader_kind"),
+    bags=("features", "coords", "tile_replaced", "slide_info"),
+    rows_per_shard=8,
+    default_weights="MahmoodLab/UNI",
+    version="1",
+    description="UNI ViT-L/16 over CLAM patches (256 px, level 0 by default): patch bag + mean slide vector",
+)
+
+
+@register_encoder(UNI_SPEC)
+def build_uni(weights: str | None = None, device: str = "cpu", dtype: str = "auto", **options: Any) -> UniEncoder:
+    return UniEncoder(UNI_SPEC, weights, device, dtype, **options)

@@ -107,3 +107,37 @@ def write_patch_files(
         out_dir / "parameters.json", (json.dumps(patcher.parameters(), indent=2, sort_keys=True) + "\n").encode()
     )
     return summary
+
+
+def run_patch_only(
+    manifest: Path, modality: str, out_dir: Path, options: dict[str, Any], workers: int, console: Any
+) -> int:
+    """The CLI's ``--patch-only``: returns the exit code (0 when every slide was handled, 1 when some failed)."""
+    from rich.table import Table
+
+    from ...cache_schema import Manifest
+    from ...cache_schema.errors import CacheError
+    from ..progress import sample_progress
+
+    try:
+        items = dict(Manifest.read(manifest).modality_items(modality))
+        patcher = SlidePatcher(**options)
+    except (CacheError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    if not items:
+        console.print(f"[red]error:[/red] manifest {manifest} has no rows with modality {modality!r}")
+        return 2
+    with sample_progress(console) as progress:
+        task = progress.add_task(f"{modality} / patches", total=len(items))
+        summary = write_patch_files(items, patcher, out_dir, workers, lambda n: progress.advance(task, n))
+    table = Table(title="Patch-only summary", show_header=False)
+    table.add_row("folder", f"{out_dir}/patches (CLAM's layout), {out_dir}/slides.csv")
+    for status in ("processed", "already_exist"):
+        table.add_row(status, str(summary.count(status)))
+    failed = [r for r in summary.rows if r["status"].startswith("failed")]
+    table.add_row("failed", str(len(failed)))
+    for row in failed[:10]:
+        table.add_row(f"  {row['sample_id']}", f"{row['status']}: {row['reason']}")
+    console.print(table)
+    return 1 if failed else 0

@@ -129,8 +129,10 @@ class SlidePatcher:
 
     def parameters(self) -> dict[str, Any]:
         """Everything that changes which patches a slide gets (and how they are read)."""
+        segmentation = self.preset.as_dict()
+        segmentation.pop("name")  # the values decide the patches, not what the preset is called
         return {
-            "segmentation": self.preset.as_dict(),
+            "segmentation": segmentation,
             "patching": self.patch_params.as_dict(),
             "slide": dict(self.slide_options),
         }
