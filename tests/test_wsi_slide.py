@@ -254,3 +254,17 @@ def test_patch_only_writes_clam_layout_and_reruns_only_changed_parameters(tmp_pa
     assert [r["status"] for r in again.rows] == ["already_exist", "failed_read"]
     changed = write_patch_files(items, SlidePatcher(preset="bwh_biopsy", step_size=128), out)
     assert changed.rows[0]["status"] == "processed" and changed.rows[0]["patches"] > rows["s1"]["patches"]
+
+
+def test_demo_slides_have_tissue_with_the_demo_settings(tmp_path: Path) -> None:
+    """pipelines/demo_job.sh patches the demo slides with bwh_biopsy and a_t=0.25: every demo slide must pass."""
+    from adacomed.pipelines import demo_media
+
+    patcher = SlidePatcher(preset="bwh_biopsy", a_t=0.25)
+    rng = np.random.default_rng(11)
+    for index, view in enumerate((-2.0, 0.0, 2.0, -1.0, 1.0)):
+        path = tmp_path / f"demo{index}.tiff"
+        path.write_bytes(demo_media.wsi_tiff_bytes(view, rng))
+        patched = patcher.read(path)
+        assert patched.tissue["contours"] >= 1 and len(patched.coords) >= 2
+        assert patched.info.mpp == pytest.approx(0.5) and patched.info.magnification == 20.0
