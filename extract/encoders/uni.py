@@ -105,7 +105,7 @@ def load_state_dict(path: Path) -> dict[str, Any]:
 
         return load_file(str(path))
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling errors have many types; all mean "not a tensor file"
         raise WeightsError(f"cannot load {path.name} as tensors only (weights_only=True): {exc}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
