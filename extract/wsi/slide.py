@@ -179,13 +179,12 @@ class Slide:
         if not 0 <= level < self.level_count:
             raise ValueError(f"level {level} is outside the slide's {self.level_count} levels")
         attempts = self.tile_retries + 1
-        for attempt in range(attempts):
+        for _attempt in range(attempts):
             try:
                 return self._reader.read_region((int(location[0]), int(location[1])), level, size)
             except Exception as exc:  # noqa: BLE001 - any decoder error is a bad region of this slide
                 error = exc
-                if attempt + 1 < attempts:
-                    self._reopen()
+                self._reopen()  # OpenSlide's errors stick to the handle: a fresh one for the retry or the next read
         if self.on_bad_tile == "replace":
             self.replaced_regions += 1
             return np.full((int(size[1]), int(size[0]), 3), 255, dtype=np.uint8)
