@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's main job on the built-in demo cohort: build the cohort, run stage one (three large encoders into
+# The README's main job on the built-in demo cohort: build the cohort, run stage one (the large encoders into
 # the cache), verify the cache, then stage two (train the collaborative model) and print its metrics.
 # Usage: pipelines/demo_job.sh BIN_DIR OUT_DIR [SUBJECTS] [TASK]
 set -euo pipefail
@@ -20,6 +20,11 @@ echo "== 2/4 stage one: frozen large encoders -> $CACHE"
   --cache "$CACHE" --batch-size 16
 "$BIN/adacomed-extract" --manifest "$MANIFEST" --modality notes --encoder all-minilm-l6-v2 --cache "$CACHE"
 "$BIN/adacomed-extract" --manifest "$MANIFEST" --modality clinical --encoder all-minilm-l6-v2 --cache "$CACHE"
+# --- WSI: UNI's architecture (ViT-L/16 class, tiny random weights) over CLAM-compatible patches. The demo slides are
+# 0.5 mm biopsies, so CLAM's bwh_biopsy preset with a smaller tissue-area threshold (a_t in 512x512-pixel units).
+"$BIN/adacomed-extract" --manifest "$MANIFEST" --modality wsi --encoder uni --weights tiny-random --cache "$CACHE" \
+  --preset bwh_biopsy --option a_t=0.25 --batch-size 32
+# --- end WSI
 "$BIN/adacomed-cache" verify "$CACHE"
 
 echo "== 3/4 cache contents"
@@ -27,5 +32,5 @@ echo "== 3/4 cache contents"
 
 echo "== 4/4 stage two: collaborative training on task '$TASK'"
 "$BIN/adacomed-train" --task "$TASK" --manifest "$MANIFEST" --cache "$CACHE" --out "$OUT/runs/$TASK" \
-  --modalities xray,notes,clinical --epochs 30 --small-epochs 30 --batch-size 32 --seed 0
+  --modalities xray,notes,clinical,wsi --epochs 30 --small-epochs 30 --batch-size 32 --seed 0
 echo "== done: report at $OUT/runs/$TASK/report.md"

@@ -20,6 +20,8 @@ from . import dinov2  # noqa: F401  (xray: dinov2-giant, -large, -base)
 from . import text  # noqa: F401  (notes: me-llama-13b, hf-text, all-minilm-l6-v2; clinical: biomistral-7b)
 from . import precomputed  # noqa: F401  (features: precomputed)
 from . import openclip  # noqa: F401  (xray alternatives: biomedclip, open-clip)
+from . import uni  # noqa: F401  (wsi: uni)
+from . import clam_features  # noqa: F401  (wsi import: clam-h5)
 # isort: on
 
 __all__ = [
