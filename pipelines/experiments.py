@@ -29,7 +29,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..cache_schema import Manifest
-from ..train.checkpoint import read_meta
 from ..train.config import TrainConfig, apply_overrides, resolved_dict
 from ..train.loop import train_run
 from .evaluation import BASELINES, Fold, official_split, repeated_stratified_kfold, run_baselines, write_report
@@ -149,10 +148,9 @@ def _run_fold(manifest: Manifest, config: TrainConfig, task: str, fold: Fold, fo
     copy = fold_manifest(manifest, task, fold)
     copy.write(fold_dir / "manifest.parquet")
     record_path.write_text(json.dumps(record))
-    resume = read_meta(run_dir / "checkpoints", "last") is not None
     with open(fold_dir / "train.log", "a", encoding="utf-8") as log:
         result = train_run(
-            dataclasses.replace(config, resume=resume), console=Console(file=log, width=160), manifest=copy
+            dataclasses.replace(config, resume=True), console=Console(file=log, width=160), manifest=copy
         )
     return result.metrics
 

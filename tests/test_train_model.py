@@ -301,7 +301,7 @@ def _small_batch(batch: int = 3) -> tuple[SmallModelConfig, dict[str, torch.Tens
             "xray": SmallInputSpec(kind="image"),
             "notes": SmallInputSpec(kind="text", vocab_size=50),
             "timeseries": SmallInputSpec(kind="timeseries", n_variables=4),
-            "tabular": SmallInputSpec(kind="tabular", n_categories=[3, 5], n_ordinal=2, n_numerical=1),
+            "tabular": SmallInputSpec(kind="tabular", n_categories=[3, 5], n_levels=[4, 3], n_numerical=1),
             "ct": SmallInputSpec(kind="vector", dim=16),
         },
         hidden_dim=32,
@@ -309,8 +309,7 @@ def _small_batch(batch: int = 3) -> tuple[SmallModelConfig, dict[str, torch.Tens
     generator = torch.Generator().manual_seed(0)
     mask = torch.zeros(batch, 10, dtype=torch.bool)
     mask[:, :6] = True
-    ordinal = torch.rand(batch, 2, generator=generator)
-    ordinal[0, 1] = float("nan")
+    ordinal = torch.tensor([[1, 0], [3, 2], [0, 1]])[:batch]  # level codes, 0 = missing
     values = torch.randn(batch, 12, 4, generator=generator)
     data = {
         "xray.image": torch.randint(0, 256, (batch, 256, 256), dtype=torch.uint8, generator=generator),

@@ -22,7 +22,7 @@ from ..cache_schema.fingerprint import diff_fingerprints
 
 SPLITS = ("train", "val", "test")
 # Prepared small-input arrays whose NaN means "missing field" by the small model's batch contract.
-NAN_MEANS_MISSING = (".ordinal", ".numerical")
+NAN_MEANS_MISSING = (".numerical",)
 READ_CHUNK = 4096  # rows per read from the cache while loading
 
 
