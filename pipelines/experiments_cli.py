@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 
 import typer
@@ -32,7 +34,10 @@ def compare(
         ["inverse"], "--weighting", help="AdaCoMed weighting to run (repeatable): inverse, small-only, large-only, ..."
     ),
     baseline: list[str] = typer.Option(
-        None, "--baseline", help="Baselines to run (repeatable; default all: clinical_lr, imaging_lr, ...)."
+        None,
+        "--baseline",
+        help="Baselines to run (repeatable; default all that apply: clinical_lr needs tabular small inputs, "
+        "imaging_lr and imaging_clinical_lr vector ones; the others are skipped with a line saying so).",
     ),
     no_baselines: bool = typer.Option(False, "--no-baselines", help="Run AdaCoMed only."),
     set_: list[str] = typer.Option([], "--set", help="Training config override key=value (repeatable)."),
@@ -65,6 +70,7 @@ def compare(
             threshold=threshold,
             report=report,
             console=console,
+            command=" ".join(["adacomed-eval", *(shlex.quote(arg) for arg in sys.argv[1:])]),
         )
     except (ConfigError, DataError, ResumeError, CacheError, ValueError, FileNotFoundError) as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False)

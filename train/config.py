@@ -143,6 +143,7 @@ class TrainConfig:
     # Seconds between checkpoint commits while training (0 = after every epoch); the end of each stage is always
     # committed. A killed run loses at most this much work.
     checkpoint_seconds: float = 60.0
+    plots: bool = True  # ROC/PR/weight PNGs in the run folder (experiment sweeps turn them off)
     # Overrides of the task preset's fields (contrastive_weight, proj_dim, ...); resolved by ``resolved_preset``.
     preset: dict[str, float] = field(default_factory=dict)
 

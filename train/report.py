@@ -182,7 +182,7 @@ def metrics_table(metrics: dict[str, Any], title: str = "test metrics") -> Table
     return table
 
 
-def report_markdown(metrics: dict[str, Any]) -> str:
+def report_markdown(metrics: dict[str, Any], plots: bool = True) -> str:
     rows = ["| threshold | " + " | ".join(METRIC_NAMES) + " |", "|---" * (len(METRIC_NAMES) + 1) + "|"]
     for label, key in (("0.5", "at_0.5"), (f"val-chosen ({metrics['val_threshold']:.3f})", "at_val_threshold")):
         rows.append(f"| {label} | " + " | ".join(_fmt(metrics["test"][key][m]) for m in METRIC_NAMES) + " |")
@@ -219,14 +219,20 @@ def report_markdown(metrics: dict[str, Any]) -> str:
             f"patient): w_large {w['w_large']:.3f}, w_small {w['w_small']:.3f} (test batches' mean sim "
             f"{w['sim_mean']:.3f}, a diagnostic).",
             "",
-            "## Curves",
-            "",
-            "![ROC](roc.png) ![PR](pr.png)",
-            "",
-            "## Fusion weights per epoch",
-            "",
-            "![weights](weights.png)",
-            "",
+            *(
+                [
+                    "## Curves",
+                    "",
+                    "![ROC](roc.png) ![PR](pr.png)",
+                    "",
+                    "## Fusion weights per epoch",
+                    "",
+                    "![weights](weights.png)",
+                    "",
+                ]
+                if plots
+                else []
+            ),
         ]
     )
 
@@ -251,8 +257,10 @@ def write_outputs(
     atomic_write_bytes(run_dir / "predictions.parquet", buffer.getvalue())
     atomic_write_json(run_dir / "metrics.json", metrics)
     atomic_write_json(run_dir / "history.json", _clean(history))
-    write_plots(run_dir, predictions, history)
-    atomic_write_bytes(run_dir / "report.md", report_markdown(metrics).encode())
+    plots = getattr(config, "plots", True)
+    if plots:
+        write_plots(run_dir, predictions, history)
+    atomic_write_bytes(run_dir / "report.md", report_markdown(metrics, plots).encode())
     console.print(metrics_table(metrics, f"{config.task} / {config.weighting}: test metrics"))
     console.print(
         f"outputs in {run_dir} (chosen epoch {best_epoch}); "
