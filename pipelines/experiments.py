@@ -19,16 +19,20 @@ import dataclasses
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import resource
 import time
+import warnings
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import tomllib
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -220,6 +224,7 @@ def run_adacomed_folds(
     threshold: str = "0.5",
     console: Console | None = None,
     small_models: str | Path | None = None,
+    jobs: int = 1,
 ) -> pd.DataFrame:
     """Train AdaCoMed on every fold; per-fold test metrics in :func:`run_baselines`' columns (plus diagnostics).
 
@@ -229,6 +234,42 @@ def run_adacomed_folds(
     trained once under ``small_models`` (default: ``small-models`` beside ``out``) and shared by every variant
     run there with the same small-model settings: stage (a) does not depend on the co-training settings.
     """
+    out = Path(out)
+    shared = Path(small_models) if small_models is not None else out.parent / "small-models"
+    frames = run_variants(
+        manifest_path,
+        cache,
+        task,
+        folds,
+        {weighting: out},
+        modalities,
+        overrides,
+        seed,
+        threshold,
+        console,
+        shared,
+        jobs,
+    )
+    return frames[weighting]
+
+
+def run_variants(
+    manifest_path: str | Path,
+    cache: str | Path,
+    task: str,
+    folds: Sequence[Fold],
+    outs: dict[str, Path],
+    modalities: Sequence[str],
+    overrides: Sequence[str],
+    seed: int,
+    threshold: str,
+    console: Console | None,
+    small_models: Path,
+    jobs: int = 1,
+) -> dict[str, pd.DataFrame]:
+    """Every weighting of ``outs`` (weighting -> its folder) on every fold, fold by fold: the fold's small model,
+    then each variant. ``jobs`` > 1 runs that many folds at once in worker processes. Every fold run uses one
+    torch thread (tiny models: more threads only contend), so results do not depend on ``jobs``."""
     if threshold not in THRESHOLDS:
         raise ValueError(f"threshold {threshold!r} is not one of {list(THRESHOLDS)}")
     if not folds:
@@ -237,22 +278,54 @@ def run_adacomed_folds(
     if len(set(names)) != len(names):
         raise ValueError(f"fold names repeat: {sorted({n for n in names if names.count(n) > 1})}")
     console = console or Console(stderr=True)
-    manifest_path, cache, out = Path(manifest_path), Path(cache), Path(out)
+    manifest_path, cache = Path(manifest_path), Path(cache)
     manifest = Manifest.read(manifest_path)
     if task not in manifest.info.tasks:
         raise ValueError(f"task {task!r} is not declared in {manifest_path}; declared: {sorted(manifest.info.tasks)}")
-    config = _base_config(manifest_path, cache, task, modalities, overrides, weighting, seed)
-    rows = []
+    variants = [
+        (weighting, _base_config(manifest_path, cache, task, modalities, overrides, weighting, seed), Path(out))
+        for weighting, out in outs.items()
+    ]
+    jobs_of = {fold.name: (manifest_path, task, fold, variants, small_models) for fold in folds}
+    results: dict[str, dict[str, dict[str, Any]]] = {}
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    label = ", ".join(method_name(w) for w in outs)
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task(f"{method_name(weighting)} folds", total=len(folds))
-        for fold in folds:
-            progress.update(bar, description=f"{method_name(weighting)} fold {fold.name}")
-            shared = Path(small_models) if small_models is not None else out.parent / "small-models"
-            metrics = _run_fold(manifest, config, task, fold, out / "folds" / fold.name, shared)
-            rows.append(_fold_row(metrics, fold, weighting, threshold))
-            progress.advance(bar)
-    return pd.DataFrame(rows)
+        bar = progress.add_task(f"{label}: folds", total=len(folds))
+        if jobs <= 1:
+            for fold in folds:
+                progress.update(bar, description=f"{label}: fold {fold.name}")
+                results[fold.name] = _fold_job(*jobs_of[fold.name])
+                progress.advance(bar)
+        else:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+                pending = {pool.submit(_fold_job, *job): name for name, job in jobs_of.items()}
+                for done in as_completed(pending):
+                    results[pending[done]] = done.result()
+                    progress.advance(bar)
+    return {
+        weighting: pd.DataFrame([_fold_row(results[f.name][weighting], f, weighting, threshold) for f in folds])
+        for weighting in outs
+    }
+
+
+def _fold_job(
+    manifest_path: Path, task: str, fold: Fold, variants: list[tuple[str, TrainConfig, Path]], small_models: Path
+) -> dict[str, dict[str, Any]]:
+    """One fold, every variant (in this process or a worker): weighting -> the run's metrics."""
+    manifest = Manifest.read(manifest_path)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a degenerate preset is said once, in the report
+            return {
+                weighting: _run_fold(manifest, config, task, fold, out / "folds" / fold.name, small_models)
+                for weighting, config, out in variants
+            }
+    finally:
+        torch.set_num_threads(previous)
 
 
 # ------------------------------------------------------------------------------------------------ comparison
@@ -358,6 +431,7 @@ def compare(
     report: str | Path | None = None,
     console: Console | None = None,
     command: str | None = None,
+    jobs: int = 1,
 ) -> tuple[Path, pd.DataFrame]:
     """Baselines and AdaCoMed (one run per weighting) on the same folds; writes the report and returns it.
 
@@ -365,7 +439,7 @@ def compare(
     (``out/small-models/``); the report (default ``out/report.md``, its per-fold CSV beside it) ranks every method
     by AUROC, says whether AdaCoMed beats the baselines, and how long the comparison took. Baselines that do not
     apply to the cohort (no vector small inputs: no imaging baselines) are skipped with a line that says so.
-    ``command`` (how this comparison was started) is printed in the report.
+    ``command`` (how this comparison was started) is printed in the report; ``jobs`` folds run at once.
     """
     if not weightings and not baselines:
         raise ValueError("nothing to compare: no weighting and no baseline")
@@ -383,21 +457,23 @@ def compare(
         console.print(f"baselines {runnable} on {len(folds)} folds")
         scored = run_baselines(manifest, task, folds, methods=runnable)
         frames.update({method: scored[scored["method"] == method] for method in runnable})
-    for weighting in dict.fromkeys(weightings):
-        frames[method_name(weighting)] = run_adacomed_folds(
+    if weightings:
+        outs = {weighting: out / method_name(weighting) for weighting in dict.fromkeys(weightings)}
+        ours = run_variants(
             manifest_path,
             cache,
             task,
             folds,
-            out / method_name(weighting),
-            modalities=modalities,
-            overrides=overrides,
-            weighting=weighting,
-            seed=seed,
-            threshold=threshold,
-            console=console,
-            small_models=out / "small-models",
+            outs,
+            modalities,
+            overrides,
+            seed,
+            threshold,
+            console,
+            out / "small-models",
+            jobs,
         )
+        frames.update({method_name(weighting): frame for weighting, frame in ours.items()})
     if not frames:
         raise ValueError("nothing to compare: every baseline was skipped and no weighting was given")
     report_path = Path(report) if report is not None else out / "report.md"
@@ -416,7 +492,8 @@ def compare(
             for message in run_warnings(dataclasses.replace(config, weighting=w))
         ),
         f"Time: {time.perf_counter() - started_wall:.0f} s wall, {_cpu_seconds() - started_cpu:.0f} s CPU "
-        f"(this process and its children; {os.cpu_count()} cores)." + (f" Command: `{command}`." if command else ""),
+        f"(this process and its {jobs if jobs > 1 else 'no'} worker processes; {os.cpu_count()} cores)."
+        + (f" Command: `{command}`." if command else ""),
     ]
     _insert_after_title(report_path, cohort_lines(manifest, task, folds, protocol) + verdict_lines(frames) + settings)
     return report_path, pd.concat(frames.values(), ignore_index=True)

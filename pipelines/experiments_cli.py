@@ -44,6 +44,7 @@ def compare(
     seed: int = typer.Option(0, "--seed", help="Seed of the folds and of every run."),
     threshold: str = typer.Option("0.5", "--threshold", help="AdaCoMed's test operating point: 0.5 or val."),
     report: Path = typer.Option(None, "--report", help="Report path (default OUT/report.md; a CSV goes beside it)."),
+    jobs: int = typer.Option(1, "--jobs", help="Folds trained at once, in worker processes (results do not change)."),
 ) -> None:
     """Run the baselines and AdaCoMed on the same folds and write a report naming the best method."""
     from ..train.checkpoint import ResumeError
@@ -71,6 +72,7 @@ def compare(
             report=report,
             console=console,
             command=" ".join(["adacomed-eval", *(shlex.quote(arg) for arg in sys.argv[1:])]),
+            jobs=jobs,
         )
     except (ConfigError, DataError, ResumeError, CacheError, ValueError, FileNotFoundError) as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False)
