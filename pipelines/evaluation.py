@@ -1,6 +1,6 @@
 """Evaluation protocols, simple baselines on the same folds, and a markdown report comparing methods.
 
-Protocols:
+Protocols (every split by subject, through the project's one subject-level split, ``cache_schema.splits``):
 
 - :func:`official_split`: the cohort's own train/test split, with a validation set carved (stratified) from
   train. On MMIST ccRCC the official test split holds only 16 deaths (4 in the CT subset of 239 patients), so one
@@ -13,11 +13,13 @@ imbalance an unweighted model predicts the majority class at 0.5, so Acc/mAR/mF1
 AUPRC do not depend on the weighting much), L2 strength picked per fold from a small grid by validation AUROC,
 then scored once on the fold's test set. Feature sets come from the manifest's small-model declarations:
 ``clinical_lr`` (categorical and ordinal fields one-hot with a missing column, numerical fields median-imputed
-with a missing flag), ``imaging_lr`` (the ``vector`` inputs, e.g. MMIST's shipped CT 512 + WSI 1024 features,
-median-imputed with a has-vector flag), ``imaging_clinical_lr`` (both).
+with a missing flag; any cohort with such fields), ``imaging_lr`` (the ``vector`` inputs, e.g. MMIST's shipped
+CT 512 + WSI 1024 features, median-imputed with a has-vector flag), ``imaging_clinical_lr`` (both). A baseline
+whose inputs the manifest does not declare does not apply (:func:`applicable_baselines` says why).
 
-Metric names: Acc, AUROC, AUPRC, mAP (macro precision), mAR (macro recall), mF1 (macro F1); label 1 is the
-positive class (for ``vital12`` that is survival), threshold 0.5 on the predicted probability.
+Metric names: Acc, AUROC, AUPRC, mAP (macro precision), mAR (macro recall), mF1 (macro F1), computed by the
+project's one implementation (``train/metrics.py``); label 1 is the positive class (for ``vital12`` that is
+survival), threshold 0.5 on the predicted probability.
 """
 
 from __future__ import annotations

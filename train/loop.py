@@ -21,7 +21,15 @@ from rich.console import Console
 from ..cache_schema import Manifest
 from ..cache_schema.atomic import atomic_write_bytes
 from .checkpoint import ResumeError, check_resumable, encode_tensors, read_meta, split_digest
-from .config import check_choices, fingerprint_dict, optimisation_dict, resolved_preset, small_model_dict, to_toml
+from .config import (
+    TrainConfig,
+    check_choices,
+    fingerprint_dict,
+    optimisation_dict,
+    resolved_preset,
+    small_model_dict,
+    to_toml,
+)
 from .cotrain import CHECKPOINT as COTRAIN_CHECKPOINT
 from .cotrain import MODEL_FILE, EpochHook, Outcome, build_model, cotrain_stage, evaluate, save_model
 from .data import describe, load_task_data
@@ -54,7 +62,7 @@ class RunResult:
     predictions: pd.DataFrame
 
 
-def setup(config, console: Console, manifest: Manifest | None = None) -> RunContext:
+def setup(config: TrainConfig, console: Console, manifest: Manifest | None = None) -> RunContext:
     """Check the config and load the data (errors before anything is written); print what the run will do."""
     check_choices(config)
     device = resolve_device(config.device)
@@ -94,7 +102,7 @@ def setup(config, console: Console, manifest: Manifest | None = None) -> RunCont
     )
 
 
-def run_warnings(config) -> list[str]:
+def run_warnings(config: TrainConfig) -> list[str]:
     """Settings under which the run cannot do what their names say (printed at start and kept in the report)."""
     return weighting_warnings(config.weighting, resolved_preset(config))
 
@@ -129,7 +137,7 @@ def small_stage(run: RunContext) -> SmallEnsemble:
 
 
 def train_run(
-    config,
+    config: TrainConfig,
     on_epoch_end: EpochHook | None = None,
     console: Console | None = None,
     manifest: Manifest | None = None,
@@ -175,7 +183,7 @@ def finish(run: RunContext, model, small_feat, small_logits, outcome: Outcome) -
     return RunResult(run.run_dir, metrics, outcome.history, outcome.best_epoch, predictions)
 
 
-def train_small_model(config, console: Console | None = None, manifest: Manifest | None = None) -> Path:
+def train_small_model(config: TrainConfig, console: Console | None = None, manifest: Manifest | None = None) -> Path:
     """Stage (a) alone into ``config.out``, always resumable; returns the saved small model's path.
 
     A sweep over co-training settings (weightings, lambda, ...) trains it once per fold and passes it to each run
