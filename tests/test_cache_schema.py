@@ -174,7 +174,9 @@ def test_h5_and_parquet_read_back_identical(tmp_path):
     np.testing.assert_array_equal(h5.read_all(), pq.read_all())
     np.testing.assert_allclose(h5.read(["id07", "id01"]).astype(np.float32), values[[7, 1]], rtol=1e-3, atol=1e-3)
     np.testing.assert_array_equal(h5.read(["id07", "id01"]), pq.read(["id07", "id01"]))
-    assert h5.torch(["id03"]).dtype.is_floating_point and tuple(h5.torch(["id03"]).shape) == (1, 8)
+    tensor = h5.torch(["id07", "id03"])  # the README: the same values as a float32 torch tensor
+    assert str(tensor.dtype) == "torch.float32" and tuple(tensor.shape) == (2, 8)
+    np.testing.assert_array_equal(tensor.numpy(), h5.read(["id07", "id03"]).astype(np.float32))
     with pytest.raises(KeyError, match="'nope'"):
         h5.read(["nope"])
 
