@@ -380,8 +380,8 @@ def test_notes_that_fail_never_leak_their_text(tmp_path, monkeypatch, caplog):
     skip = cli_extract(manifest_path, tmp_path / "skip", modality="notes")
     assert skip.exit_code == 0, skip.output
     errors = _cache(tmp_path / "skip", "notes").errors().set_index("sample_id").reason.to_dict()
-    assert errors == {"s0001": "ValueError in the model forward", "s0002": "empty note"}
     assert SECRET not in json.dumps(errors)
+    assert errors == {"s0001": "ValueError in the model forward", "s0002": "empty note"}
 
     # batch size 1: s0001's forward fails before the empty s0002 reaches a batch
     fail = cli_extract(manifest_path, tmp_path / "fail", "--on-error", "fail", "--batch-size", "1", modality="notes")
