@@ -152,15 +152,25 @@ manifest, cache, barrier, name = sys.argv[1:5]
 job = plan_job(ExtractConfig(manifest=manifest, modality="xray", cache=cache, weights="tiny-random",
                              batch_size=2, num_workers=0, rows_per_shard=2))
 job.encoder.model  # load before the barrier: both runs start computing at the same moment
-forward = job.encoder.forward
-def slow_forward(batch):  # each shard takes >= 0.15 s, so neither run can finish all shards alone
-    time.sleep(0.15)
+forward, calls = job.encoder.forward, []
+
+def wait_for_both(stage):
+    Path(barrier, f"{stage}-{name}").touch()
+    deadline = time.monotonic() + 120
+    while len([f for f in os.listdir(barrier) if f.startswith(stage)]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+def contended_forward(batch):
+    # The first forward waits (holding its shard's claim) until the other run is in a forward too: each run
+    # computes at least one shard whatever the machine's load; later shards interleave by their claims.
+    if not calls:
+        wait_for_both("forward")
+    calls.append(1)
+    time.sleep(0.02)
     return forward(batch)
-job.encoder.forward = slow_forward
-Path(barrier, name).touch()
-deadline = time.monotonic() + 120
-while len(os.listdir(barrier)) < 2 and time.monotonic() < deadline:
-    time.sleep(0.005)
+
+job.encoder.forward = contended_forward
+wait_for_both("start")
 summary = run_local(job, poll_seconds=0.05)
 print(json.dumps({"pid": os.getpid(), "computed": [r.index for r in summary.results if not r.skipped]}))
 """
@@ -168,6 +178,7 @@ print(json.dumps({"pid": os.getpid(), "computed": [r.index for r in summary.resu
 
 def test_concurrent_processes_share_the_work(cohort, reference, tmp_path):
     """Two runs started together on one cache: both compute shards, each shard exactly once, none is lost."""
+    # CONCURRENT_RUN holds each run's first forward until the other is in one: neither can do all the work alone.
     barrier = tmp_path / "barrier"
     barrier.mkdir()
     procs = [
