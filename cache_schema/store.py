@@ -38,6 +38,7 @@ from .atomic import atomic_write_json, fsync_dir, temp_name, write_json_once
 from .errors import CacheError, CorruptShard, FingerprintMismatch
 from .fingerprint import CACHE_SCHEMA_VERSION, Fingerprint, diff_fingerprints
 from .shards import FORMATS, ShardFormat, file_checksum, storage_array, storage_bag, write_shard_file
+from .stop_points import stop_point
 
 DEFAULT_ROWS_PER_SHARD = 32768  # ~64 MB at 1024-d float16; ~330 MB at 5120-d
 CLAIM_LEASE_SECONDS = 600.0
@@ -112,6 +113,7 @@ class CacheDir:
             lines = diff_fingerprints(self.fingerprint.to_dict(), found)
             if lines:  # only possible on a hash collision or a hand-edited file
                 raise FingerprintMismatch(f"{fp_path} differs from the expected fingerprint:\n  " + "\n  ".join(lines))
+        stop_point("planning")
         plan = make_plan(n_items, rows_per_shard)
         plan_path = self.path / "plan.json"
         payload = {
@@ -197,11 +199,13 @@ class CacheDir:
             checksum = file_checksum(tmp)
             size = tmp.stat().st_size
             final = self.shards_dir / f"{name}.{checksum}{FORMATS[self.format]}"
+            stop_point("shard-written")
             os.replace(tmp, final)
         finally:
             if tmp.exists():
                 tmp.unlink()
         fsync_dir(self.shards_dir)
+        stop_point("shard-renamed")
         record = {
             "schema_version": CACHE_SCHEMA_VERSION,
             "cache_key": self.fingerprint.key,
@@ -227,6 +231,7 @@ class CacheDir:
             **(extra or {}),
         }
         atomic_write_json(self.sidecar_path(plan, index), record)
+        stop_point("committed")
         return record
 
     # -------------------------------------------------------------- claims
@@ -338,7 +343,9 @@ class CacheDir:
         }
         if len(shapes) > 1:
             raise CacheError(f"{self.path}: shards disagree on array shapes: {sorted(shapes)}")
+        stop_point("finalizing")
         atomic_write_json(self.path / "index.json", index)
+        stop_point("finalized")
         for leftover in self.claims_dir.glob("*.claim"):
             leftover.unlink(missing_ok=True)
         self.collect_garbage(plan)

@@ -221,6 +221,18 @@ def _decoded(job: ExtractionJob, ids: Sequence[str], pool: ThreadPoolExecutor | 
 MAX_CONSECUTIVE_MODEL_FAILURES = 8
 
 
+def _model_failure(exc: Exception, batch: Sequence[Any]) -> tuple[str, bool]:
+    """(``Type: message`` of a forward failure, whether the message was withheld because it quotes a text input).
+
+    Some libraries quote their input in errors; a note or prompt is patient text and never goes into a message.
+    """
+    message = str(exc)[:300]
+    texts = [sample for sample in batch if isinstance(sample, str)]
+    if any(message[i : i + 12] in text for text in texts for i in range(max(len(message) - 11, 0))):
+        return f"{type(exc).__name__}; its message quotes the input and is not shown", True
+    return f"{type(exc).__name__}: {message}", False
+
+
 def extract_shard(
     job: ExtractionJob,
     index: int,
@@ -245,7 +257,7 @@ def extract_shard(
 
     def fail_or_record(sample_id: str, stage: str, reason: str) -> None:
         if cfg.on_error == "fail":
-            raise SampleFailed(sample_id, stage, reason)
+            raise SampleFailed(sample_id, stage, reason) from None  # no chained error: it may quote the input
         errors.append({"sample_id": sample_id, "stage": stage, "reason": reason})
 
     def flush(batch_ids: list[str], batch: list[Any]) -> None:
@@ -264,10 +276,11 @@ def extract_shard(
                 return
             model_failures += 1
             if model_failures >= MAX_CONSECUTIVE_MODEL_FAILURES:
+                cause, quoted = _model_failure(exc, batch)
                 raise ExtractError(
-                    f"the model forward failed on {model_failures} samples in a row ({type(exc).__name__}: "
-                    f"{str(exc)[:300]}); this is not a per-sample problem, so the run stops"
-                ) from exc
+                    f"the model forward failed on {model_failures} samples in a row ({cause}); this is not a "
+                    "per-sample problem, so the run stops"
+                ) from (None if quoted else exc)
             fail_or_record(batch_ids[0], "encode", f"{type(exc).__name__} in the model forward")
             return
         model_failures = 0

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The README's main job on the built-in demo cohort: build the cohort, run stage one (the large encoders into
 # the cache), verify the cache, then stage two (train the collaborative model) and print its metrics.
-# Usage: pipelines/demo_job.sh BIN_DIR OUT_DIR [SUBJECTS] [TASK]
+# Usage: pipelines/demo_job.sh BIN_DIR OUT_DIR [SUBJECTS] [TASK]   (EPOCHS=30 SMALL_EPOCHS=30 in the environment)
 set -euo pipefail
 BIN=${1:?bin dir of the virtual environment}
 OUT=${2:?output folder}
 SUBJECTS=${3:-120}
 TASK=${4:-mortality}
+EPOCHS=${EPOCHS:-30}
+SMALL_EPOCHS=${SMALL_EPOCHS:-30}
 MANIFEST="$OUT/cohort/manifest.parquet"
 CACHE="$OUT/cache"
 
@@ -32,5 +34,5 @@ echo "== 3/4 cache contents"
 
 echo "== 4/4 stage two: collaborative training on task '$TASK'"
 "$BIN/adacomed-train" --task "$TASK" --manifest "$MANIFEST" --cache "$CACHE" --out "$OUT/runs/$TASK" \
-  --modalities xray,notes,clinical,wsi --epochs 30 --small-epochs 30 --batch-size 32 --seed 0
+  --modalities xray,notes,clinical,wsi --epochs "$EPOCHS" --small-epochs "$SMALL_EPOCHS" --batch-size 32 --seed 0
 echo "== done: report at $OUT/runs/$TASK/report.md"

@@ -117,6 +117,7 @@ def test_baseline_learns_and_report_names_the_best(tmp_path: Path):
         write_report({"a": df, "b": chance.assign(fold="other")}, tmp_path / "bad.md")
 
 
+@pytest.mark.shared
 def test_clinical_baseline_on_real_mmist(mmist_root: Path, tmp_path: Path):
     from adacomed.pipelines.mmist import build_mmist_cohort
 

@@ -1,15 +1,20 @@
-"""Stage one end to end: resume, per-sample errors, job arrays, concurrent runs, kill -9, dask worker loss."""
+"""Stage one end to end: resume, per-sample errors, job arrays, concurrent runs, kills at each commit step, dask.
+
+Most tests run the CLI in this process (typer's test runner). A process boundary is kept only where the test is
+about processes: kills, two concurrent runs, the SLURM array variables end to end (once), and dask workers.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import random
+import re
 import signal
 import subprocess
 import sys
 import threading
-import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +22,23 @@ import pytest
 from PIL import Image
 
 from adacomed.cache_schema import EmbeddingCache, Manifest, open_cache, verify_cache
-from adacomed.extract.errors import ExtractError
+from adacomed.cache_schema.stop_points import STOP_AT_ENV
+from adacomed.extract import cli
+from adacomed.extract.errors import ExtractError, SampleFailed
 from adacomed.extract.runner import ExtractConfig, plan_job, run_local
 
 sys.path.insert(0, str(Path(__file__).parent))
-from extract_helpers import extract_cmd, image_cohort, run_extract  # noqa: E402
+from extract_helpers import (  # noqa: E402
+    SUBPROCESS_TIMEOUT,
+    cli_extract,
+    extract_cmd,
+    image_cohort,
+    run_extract,
+    wait_until_stopped,
+)
+
+N_SAMPLES, ROWS_PER_SHARD, BATCH_SIZE = 24, 5, 4  # five shards; the reference and every run below use these
+RUN_ARGS = ("--rows-per-shard", str(ROWS_PER_SHARD), "--batch-size", str(BATCH_SIZE), "--num-workers", "1")
 
 
 def _cache(root: Path, modality: str = "xray") -> EmbeddingCache:
@@ -34,9 +51,9 @@ def _config(manifest: Path, cache: Path, **changes) -> ExtractConfig:
         modality="xray",
         cache=cache,
         weights="tiny-random",
-        batch_size=4,
+        batch_size=BATCH_SIZE,
         num_workers=1,
-        rows_per_shard=5,
+        rows_per_shard=ROWS_PER_SHARD,
     )
     values.update(changes)
     return ExtractConfig(**values)
@@ -44,7 +61,7 @@ def _config(manifest: Path, cache: Path, **changes) -> ExtractConfig:
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
-    return image_cohort(tmp_path_factory.mktemp("cohort"), n=24)
+    return image_cohort(tmp_path_factory.mktemp("cohort"), n=N_SAMPLES)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +69,7 @@ def reference(cohort, tmp_path_factory) -> EmbeddingCache:
     """An uninterrupted run: what every interrupted, split or concurrent run must reproduce bit for bit."""
     root = tmp_path_factory.mktemp("ref")
     summary = run_local(plan_job(_config(cohort, root)))
-    assert summary.finalized and summary.rows_written == 24
+    assert summary.finalized and summary.rows_written == N_SAMPLES
     return _cache(root)
 
 
@@ -61,10 +78,14 @@ def _same(a: EmbeddingCache, b: EmbeddingCache) -> None:
     np.testing.assert_array_equal(np.asarray(a.read_all()), np.asarray(b.read_all()))
 
 
+def _records(cache_root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(cache_root.glob("xray/*/*/shards/*.json"))]
+
+
 def test_rerun_skips_committed_work(cohort, reference, tmp_path):
     summary = run_local(plan_job(_config(cohort, tmp_path)))
     again = run_local(plan_job(_config(cohort, tmp_path)))
-    assert summary.rows_written == 24 and again.rows_written == 0
+    assert summary.rows_written == N_SAMPLES and again.rows_written == 0
     assert all(r.skipped for r in again.results)
     _same(reference, _cache(tmp_path))
     assert verify_cache(_cache(tmp_path).path) == []
@@ -93,136 +114,305 @@ def test_bad_samples_skip_records_errors_and_fail_names_the_sample(tmp_path):
     assert errors.loc["s0006", "stage"] == "read"
     assert errors.loc["s0003", "stage"] in ("read", "decode")
 
-    fail = run_extract(manifest_path, tmp_path / "fail", "--on-error", "fail", "--rows-per-shard", "2", check=False)
-    assert fail.returncode == 1
+    fail = cli_extract(manifest_path, tmp_path / "fail", "--on-error", "fail", "--rows-per-shard", "2")
+    assert fail.exit_code == 1, fail.output
     assert "s0003" in fail.stderr and "committed before it are kept" in " ".join(fail.stderr.split())
     committed = list((tmp_path / "fail").glob("xray/*/*/shards/*.json"))
     assert len(committed) == 1  # shard 0 (s0000, s0001) stays committed; the run stopped in shard 1
 
-    notes = run_extract(manifest_path, tmp_path / "notes", "--on-error", "skip", modality="notes", check=False)
-    assert notes.returncode == 0, notes.stderr
+    notes = cli_extract(manifest_path, tmp_path / "notes", "--on-error", "skip", modality="notes")
+    assert notes.exit_code == 0, notes.output
     note_errors = _cache(tmp_path / "notes", "notes").errors()
     assert note_errors.to_dict("records") == [
         {"sample_id": "s0008", "stage": "preprocess", "reason": "empty note", "shard": "shard-00000-of-00001"}
     ]
 
 
-def test_job_array_parts_complete_the_cache(cohort, reference, tmp_path):
-    first = run_extract(
-        cohort, tmp_path, "--num-shards", "2", "--rows-per-shard", "5", env={"SLURM_ARRAY_TASK_ID": "0"}
-    )
+def test_job_array_parts_complete_the_cache(cohort, reference, tmp_path, monkeypatch):
+    """Part 0 in its own process reads the real SLURM variables; part 1 (in process) completes the cache."""
+    slurm = {"SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "1", "SLURM_ARRAY_TASK_COUNT": "2"}
+    first = run_extract(cohort, tmp_path, *RUN_ARGS, env={**slurm, "SLURM_ARRAY_TASK_ID": "0"})
     assert "other shards are still pending" in " ".join(first.stderr.split())
     assert not list(tmp_path.glob("xray/*/*/index.json"))
-    run_extract(cohort, tmp_path, "--num-shards", "2", "--rows-per-shard", "5", env={"SLURM_ARRAY_TASK_ID": "1"})
+    assert sorted(r["index"] for r in _records(tmp_path)) == [0, 2, 4]  # every other shard, from the task id
+    for name, value in {**slurm, "SLURM_ARRAY_TASK_ID": "1"}.items():
+        monkeypatch.setenv(name, value)
+    second = cli_extract(cohort, tmp_path, *RUN_ARGS)
+    assert second.exit_code == 0, second.output
+    assert "complete (index.json written)" in second.stderr
     _same(reference, _cache(tmp_path))
+
+
+CONCURRENT_RUN = """
+import json, os, sys, time
+from pathlib import Path
+from adacomed.extract.runner import ExtractConfig, plan_job, run_local
+
+manifest, cache, barrier, name = sys.argv[1:5]
+job = plan_job(ExtractConfig(manifest=manifest, modality="xray", cache=cache, weights="tiny-random",
+                             batch_size=2, num_workers=0, rows_per_shard=2))
+job.encoder.model  # load before the barrier: both runs start computing at the same moment
+forward, calls = job.encoder.forward, []
+
+def wait_for_both(stage):
+    Path(barrier, f"{stage}-{name}").touch()
+    deadline = time.monotonic() + 120
+    while len([f for f in os.listdir(barrier) if f.startswith(stage)]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+def contended_forward(batch):
+    # The first forward waits (holding its shard's claim) until the other run is in a forward too: each run
+    # computes at least one shard whatever the machine's load; later shards interleave by their claims.
+    if not calls:
+        wait_for_both("forward")
+    calls.append(1)
+    time.sleep(0.02)
+    return forward(batch)
+
+job.encoder.forward = contended_forward
+wait_for_both("start")
+summary = run_local(job, poll_seconds=0.05)
+print(json.dumps({"pid": os.getpid(), "computed": [r.index for r in summary.results if not r.skipped]}))
+"""
 
 
 def test_concurrent_processes_share_the_work(cohort, reference, tmp_path):
-    """Two runs started at once on one cache: every shard is computed by exactly one of them, none is lost."""
-    code = (
-        "import json, sys; from adacomed.extract.runner import ExtractConfig, plan_job, run_local;"
-        "cfg = ExtractConfig(manifest=sys.argv[1], modality='xray', cache=sys.argv[2], weights='tiny-random',"
-        "batch_size=2, num_workers=1, rows_per_shard=2);"
-        "s = run_local(plan_job(cfg)); print(json.dumps([r.index for r in s.results if not r.skipped]))"
-    )
+    """Two runs started together on one cache: both compute shards, each shard exactly once, none is lost."""
+    # CONCURRENT_RUN holds each run's first forward until the other is in one: neither can do all the work alone.
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, str(cohort), str(tmp_path)], stdout=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    computed = [json.loads(p.communicate(timeout=300)[0].strip().splitlines()[-1]) for p in procs]
-    assert all(p.returncode == 0 for p in procs)
-    assert sorted(computed[0] + computed[1]) == list(range(12))  # disjoint and complete
-    _same(reference, _cache(tmp_path))
-    assert verify_cache(_cache(tmp_path).path) == []
-
-
-@pytest.mark.slow
-def test_kill9_at_random_points_then_resume_is_bit_identical(tmp_path):
-    cohort = image_cohort(tmp_path / "cohort", n=160, side=96)
-    extra = ("--rows-per-shard", "4", "--batch-size", "2")
-    run_extract(cohort, tmp_path / "reference", *extra)
-    reference = _cache(tmp_path / "reference")
-    rng = random.Random(0)
-    interrupted = 0
-    for trial in range(4):
-        cache = tmp_path / f"trial{trial}"
-        proc = subprocess.Popen(
-            extract_cmd(cohort, cache, *extra),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT_RUN, str(cohort), str(tmp_path / "cache"), str(barrier), name],
+            stdout=subprocess.PIPE,
+            text=True,
         )
-        deadline = time.monotonic() + 120
-        while not list(cache.glob("xray/*/*/shards/*.json")) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 1.5))
-        if proc.poll() is None:
-            interrupted += 1
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        partial = open_cache(cache, "xray", allow_partial=True)
-        assert all(p.kind == "unfinished" for p in verify_cache(partial.path))  # nothing damaged is visible
-        assert set(partial.ids) <= set(reference.ids)
-        np.testing.assert_array_equal(np.asarray(partial.read_all()), reference.read(list(partial.ids)))
-        run_extract(cohort, cache, *extra)
-        _same(reference, _cache(cache))
-        assert verify_cache(_cache(cache).path) == []
-        assert list(_cache(cache).path.joinpath("_tmp").iterdir()) == []  # the killed writer's temp is collected
-    assert interrupted >= 2, "the kills mostly landed after the run finished; the test did not test much"
-
-
-@pytest.mark.slow
-def test_dask_worker_killed_mid_task_is_retried(cohort, reference, tmp_path):
-    from distributed import Client, LocalCluster
-
-    from adacomed.extract.dask_executor import run_dask
-
-    big = image_cohort(tmp_path / "cohort", n=60, side=96)
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
-        Client(cluster) as client,
-    ):
-        job = plan_job(_config(big, tmp_path / "cache", rows_per_shard=3, batch_size=1))
-        outcome: dict = {}
-        thread = threading.Thread(target=lambda: outcome.update(summary=run_dask(job, cluster.scheduler_address)))
-        thread.start()
-        deadline = time.monotonic() + 180
-        while not list((tmp_path / "cache").glob("xray/*/*/shards/*.json")) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        victim = next(iter(client.run(os.getpid).values()))
-        os.kill(victim, signal.SIGKILL)
-        thread.join(timeout=300)
-        assert outcome["summary"].finalized
-    expected = run_local(plan_job(_config(big, tmp_path / "local", rows_per_shard=3, batch_size=1)))
-    assert expected.finalized
-    _same(_cache(tmp_path / "local"), _cache(tmp_path / "cache"))
+        for name in ("a", "b")
+    ]
+    try:
+        runs = [json.loads(p.communicate(timeout=SUBPROCESS_TIMEOUT)[0].strip().splitlines()[-1]) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.returncode == 0 for p in procs)
+    computed = [run["computed"] for run in runs]
+    assert all(computed), f"one run computed nothing: {computed}"
+    assert sorted(computed[0] + computed[1]) == list(range(N_SAMPLES // 2))  # disjoint and complete
+    assert {r["pid"] for r in _records(tmp_path / "cache")} == {run["pid"] for run in runs}
+    _same(reference, _cache(tmp_path / "cache"))
     assert verify_cache(_cache(tmp_path / "cache").path) == []
 
 
-def test_dask_executor_matches_local(cohort, reference, tmp_path):
+# ------------------------------------------------------------------------------------------- kills
+# Each run freezes itself at the n-th visit of a named step of the commit protocol (ADACOMED_STOP_AT) and is killed
+# there with SIGKILL: the kill lands at that step whatever the machine's speed. (point, n, shards committed by then)
+KILL_POINTS = {
+    "planning": (1, 0),  # fingerprint.json written, plan.json not
+    "shard-written": (2, 1),  # shard 1's data file complete in _tmp/
+    "shard-renamed": (3, 2),  # shard 2's data file in shards/, its commit record not written (the commit window)
+    "committed": (4, 4),  # right after the 4th commit record
+    "finalizing": (1, 5),  # every shard committed, index.json not written
+    "finalized": (1, 5),  # index.json written, the clean-up after it not done
+}
+
+
+@pytest.fixture(scope="module")
+def killed_runs(cohort, tmp_path_factory) -> dict[str, Path | str]:
+    """One CLI process per kill point, all started together; each is killed once frozen at its point.
+
+    Returns point -> the cache root the killed run left, or the reason it could not be killed there.
+    """
+    root = tmp_path_factory.mktemp("killed")
+    procs = {}
+    outcome: dict[str, Path | str] = {}
+    try:
+        for point, (nth, _) in KILL_POINTS.items():
+            procs[point] = subprocess.Popen(
+                extract_cmd(cohort, root / point, *RUN_ARGS),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env={**os.environ, "HF_HUB_OFFLINE": "1", STOP_AT_ENV: f"{point}:{nth}"},
+            )
+        for point, proc in procs.items():
+            try:
+                wait_until_stopped(proc.pid, SUBPROCESS_TIMEOUT, alive=proc)
+            except AssertionError as exc:
+                outcome[point] = str(exc)
+                continue
+            proc.send_signal(signal.SIGKILL)  # the extraction's own process, frozen at its point
+            proc.wait(timeout=60)
+            outcome[point] = root / point
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=60)
+    return outcome
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_kill9_at_each_commit_step_then_resume_is_bit_identical(point, killed_runs, cohort, reference):
+    cache_root = killed_runs[point]
+    assert isinstance(cache_root, Path), cache_root
+    (folder,) = cache_root.glob("xray/*/*")
+    committed = KILL_POINTS[point][1]
+    committed_rows = min(committed * ROWS_PER_SHARD, N_SAMPLES)
+    assert len(list(folder.glob("shards/*.json"))) == committed
+    assert (folder / "plan.json").exists() == (point != "planning")
+    assert (folder / "index.json").exists() == (point == "finalized")
+    if point == "shard-written":
+        assert len(list((folder / "_tmp").iterdir())) == 1  # the killed writer's temp file
+    if point == "shard-renamed":
+        assert len(list(folder.glob("shards/*.h5"))) == committed + 1  # a data file no commit record names
+    if point != "planning":
+        assert all(p.kind == "unfinished" for p in verify_cache(folder))  # nothing damaged is visible
+        partial = open_cache(cache_root, "xray", allow_partial=True)
+        assert len(partial) == committed_rows
+        np.testing.assert_array_equal(np.asarray(partial.read_all()), reference.read(list(partial.ids)))
+
+    resumed = run_local(plan_job(_config(cohort, cache_root)))
+    assert resumed.finalized
+    assert resumed.rows_written == N_SAMPLES - committed_rows
+    _same(reference, _cache(cache_root))
+    assert verify_cache(folder) == []
+    assert list((folder / "_tmp").iterdir()) == []  # the killed writer's temp is collected
+    assert list((folder / "claims").iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------- dask
+@pytest.fixture(scope="module")
+def dask_cluster():
+    """One two-worker LocalCluster for every dask test of this module (a cluster start costs seconds)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+    ) as cluster:
+        yield cluster
+
+
+def test_dask_executor_matches_local(cohort, reference, tmp_path, dask_cluster):
     from adacomed.extract.dask_executor import run_dask
 
-    summary = run_dask(plan_job(_config(cohort, tmp_path)), n_workers=1)
+    summary = run_dask(plan_job(_config(cohort, tmp_path)), dask_cluster.scheduler_address)
     assert summary.finalized
     _same(reference, _cache(tmp_path))
 
 
+def test_dask_worker_killed_mid_task_is_retried(cohort, reference, tmp_path, dask_cluster):
+    """A worker frozen in a shard's commit window is killed; the scheduler re-runs that shard on another worker."""
+    from distributed import Client
+
+    from adacomed.extract.dask_executor import run_dask
+
+    with Client(dask_cluster.scheduler_address, timeout=60) as client:
+        victim = sorted(client.scheduler_info()["workers"])[0]
+
+        def arm() -> int:  # runs in the victim only; a restarted worker starts without it
+            os.environ[STOP_AT_ENV] = "shard-renamed:1"
+            return os.getpid()
+
+        pid = client.run(arm, workers=[victim])[victim]
+        outcome: dict = {}
+        job = plan_job(_config(cohort, tmp_path))
+        thread = threading.Thread(target=lambda: outcome.update(summary=run_dask(job, dask_cluster.scheduler_address)))
+        thread.start()
+        try:
+            wait_until_stopped(pid, SUBPROCESS_TIMEOUT)
+            (orphan,) = [
+                f for f in job.cache.shards_dir.glob("*.h5") if not f.with_name(f"{f.name[:20]}.json").exists()
+            ]
+            index = int(re.match(r"shard-(\d+)-of", orphan.name).group(1))
+            in_flight = client.processing(workers=[victim])[victim]
+            assert any(key.endswith(f"-shard-{index}") for key in in_flight), (index, in_flight)
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            thread.join(timeout=SUBPROCESS_TIMEOUT)
+    assert not thread.is_alive() and outcome["summary"].finalized
+    record = json.loads(job.cache.sidecar_path(job.plan, index).read_text())
+    assert record["pid"] != pid  # committed by the worker that re-ran it
+    _same(reference, _cache(tmp_path))
+    assert verify_cache(_cache(tmp_path).path) == []
+
+
+# --------------------------------------------------------------------------------------- CLI, errors
 def test_cli_lists_encoders_and_rejects_bad_arguments(cohort, tmp_path):
-    listing = subprocess.run(extract_cmd(cohort, tmp_path)[:1] + ["--list-encoders"], capture_output=True, text=True)
-    assert listing.returncode == 0 and "dinov2-giant" in listing.stdout
-    bad = run_extract(cohort, tmp_path, "--on-error", "maybe", check=False)
-    assert bad.returncode == 2 and "--on-error" in bad.stderr
+    from typer.testing import CliRunner
+
+    listing = CliRunner().invoke(cli.app, ["--list-encoders"])
+    assert listing.exit_code == 0 and "dinov2-giant" in listing.stdout
+    bad = cli_extract(cohort, tmp_path, "--on-error", "maybe")
+    assert bad.exit_code == 2 and "--on-error" in bad.stderr
+    assert not list(tmp_path.glob("xray/*/*/shards/*.json"))
 
 
-def test_unreadable_inputs_never_leak_note_text(tmp_path):
-    manifest_path = image_cohort(tmp_path / "c", n=4)
+SECRET = "SECRET-PATIENT-NAME"
+
+
+def _with_a_model_that_quotes_rejected_notes(plan):
+    """Wrap ``plan_job``: its encoder's forward raises on notes containing 'rejects', quoting them like some
+    libraries quote their input in errors. A note that fails this way carries the secret into the exception."""
+
+    def planned(config, encoder=None):
+        job = plan(config, encoder)
+        collate, forward, batch_texts = job.encoder.collate, job.encoder.forward, []
+
+        def remembering_collate(samples):
+            batch_texts[:] = list(samples)
+            return collate(samples)
+
+        def quoting_forward(batch):
+            rejected = [text for text in batch_texts if "rejects" in text]
+            if rejected:
+                raise ValueError(f"cannot embed {rejected[0]!r}")
+            return forward(batch)
+
+        job.encoder.collate, job.encoder.forward = remembering_collate, quoting_forward
+        return job
+
+    return planned
+
+
+def _exception_text(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc)) + repr(exc)
+
+
+def test_notes_that_fail_never_leak_their_text(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.DEBUG)
+    manifest_path = image_cohort(tmp_path / "c", n=10)
     manifest = Manifest.read(manifest_path)
-    manifest.table.loc[0, "note_text"] = "SECRET-PATIENT-NAME " * 5000  # long, but fine: truncated, not an error
-    manifest.table.loc[1, "note_text"] = ""
+    manifest.table.loc[0, "note_text"] = f"{SECRET} " * 5000  # long, but fine: truncated, not an error
+    manifest.table.loc[1, "note_text"] = f"{SECRET} has a note the model rejects"
+    manifest.table.loc[2, "note_text"] = "  \n  "  # empty once cleaned
     manifest.write(manifest_path)
-    run = run_extract(manifest_path, tmp_path / "cache", modality="notes")
-    assert "SECRET" not in run.stdout + run.stderr
-    assert "SECRET" not in json.dumps(_cache(tmp_path / "cache", "notes").errors().to_dict("records"))
+    quoting_plan = _with_a_model_that_quotes_rejected_notes(plan_job)
+    monkeypatch.setattr(cli, "plan_job", quoting_plan)
+
+    skip = cli_extract(manifest_path, tmp_path / "skip", modality="notes")
+    assert skip.exit_code == 0, skip.output
+    errors = _cache(tmp_path / "skip", "notes").errors().set_index("sample_id").reason.to_dict()
+    assert SECRET not in json.dumps(errors)
+    assert errors == {"s0001": "ValueError in the model forward", "s0002": "empty note"}
+
+    # batch size 1: s0001's forward fails before the empty s0002 reaches a batch
+    fail = cli_extract(manifest_path, tmp_path / "fail", "--on-error", "fail", "--batch-size", "1", modality="notes")
+    assert fail.exit_code == 1 and "s0001" in fail.stderr
+
+    config = _config(manifest_path, tmp_path / "direct", modality="notes", on_error="fail", batch_size=1)
+    with pytest.raises(SampleFailed, match="s0001") as failed:
+        run_local(quoting_plan(config))
+
+    for index in range(manifest.table.shape[0]):  # every note is rejected: the run stops, naming the cause
+        manifest.table.loc[index, "note_text"] = f"{SECRET} {index} rejects"
+    manifest.write(manifest_path)
+    stopped = cli_extract(manifest_path, tmp_path / "stopped", modality="notes")
+    assert stopped.exit_code == 2 and "in a row" in stopped.stderr
+    with pytest.raises(ExtractError, match="in a row") as stopped_direct:
+        run_local(quoting_plan(_config(manifest_path, tmp_path / "direct2", modality="notes", rows_per_shard=10)))
+
+    for text in (skip.output, fail.output, stopped.output, caplog.text):
+        assert SECRET not in text
+    assert SECRET not in _exception_text(failed.value) + _exception_text(stopped_direct.value)
 
 
 def test_png_16bit_and_rgb_inputs_are_accepted(tmp_path):
@@ -248,8 +438,8 @@ def test_a_model_that_fails_on_every_sample_stops_the_run(cohort, tmp_path, monk
 
 
 def test_weights_that_cannot_load_stop_the_run(cohort, tmp_path):
-    run = run_extract(cohort, tmp_path, "--encoder", "dinov2-base", "--weights", str(tmp_path / "nowhere"), check=False)
-    assert run.returncode == 2 and "nowhere" in run.stderr
+    run = cli_extract(cohort, tmp_path, "--encoder", "dinov2-base", "--weights", str(tmp_path / "nowhere"))
+    assert run.exit_code == 2 and "nowhere" in run.stderr
     assert not list(tmp_path.glob("xray/*/*/shards/*.json"))
 
 

@@ -124,6 +124,7 @@ def test_codes_file_marks_every_field_documented_or_not():
 
 
 # ------------------------------------------------------------------------------------------- real release
+@pytest.mark.shared
 def test_release_counts_and_feature_mapping(mmist_root: Path):
     release = read_release(mmist_root)
     assert len(release.clinical) == 618
@@ -148,6 +149,7 @@ def test_release_counts_and_feature_mapping(mmist_root: Path):
     assert all(slides[c][1] is not None and slides[c][0].endswith(".svs") for c in tcga)
 
 
+@pytest.mark.shared
 @pytest.mark.parametrize(
     ("cohort", "n", "balance"),
     [("ct", 239, {"train": (171, 10), "test": (54, 4)}), ("all", 618, {"train": (438, 59), "test": (105, 16)})],
@@ -181,6 +183,7 @@ def test_manifest_validates_with_labels_splits_and_inputs(mmist_root: Path, tmp_
         assert int(table["age_diag"].isna().sum()) == 17
 
 
+@pytest.mark.shared
 def test_missing_raw_files_are_reported_not_fatal(mmist_root: Path, tmp_path: Path):
     release = read_release(mmist_root)
     ct_root, wsi_root = tmp_path / "ct", tmp_path / "wsi"

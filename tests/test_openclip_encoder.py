@@ -43,6 +43,10 @@ def test_local_dir_loads_the_saved_tower_and_its_preprocessing(tmp_path, image):
     assert not torch.allclose(batch, tiny.collate([tiny.load_input(image)]))  # its own declared normalisation
     same_input = tiny.encode(batch)
     np.testing.assert_allclose(loaded.encode(batch).numpy(), same_input.numpy(), atol=1e-6)
+    with torch.inference_mode():  # and both are open_clip's own forward, not two equal wrong outputs
+        library = tiny.model.encode_image(batch, normalize=False)
+    assert library.abs().max() > 1e-3
+    np.testing.assert_allclose(same_input.numpy(), library.numpy(), atol=1e-6)
 
 
 def test_checkpoint_file_needs_an_architecture(tmp_path):

@@ -106,7 +106,9 @@ def test_every_weighting_learns_and_writes_outputs(cohort, tmp_path, weighting):
         "w_small",
     ]
     assert len(predictions) == N_SAMPLES - 2  # the two NaN labels are excluded
-    assert predictions.prob_fused.between(0, 1).all()
+    p = {c: torch.tensor(predictions[c].to_numpy(), dtype=torch.float64) for c in predictions.columns[3:]}
+    fused = torch.sigmoid(p["w_large"] * torch.logit(p["prob_large"]) + p["w_small"] * torch.logit(p["prob_small"]))
+    assert np.allclose(predictions.prob_fused, fused.numpy(), atol=1e-4)  # sigmoid(w_L z_L + w_S z_S) per sample
     assert np.allclose(predictions.w_large + predictions.w_small, 1.0, atol=1e-5)
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
