@@ -17,6 +17,9 @@ from . import dinov2  # noqa: F401  (xray: dinov2-giant, -large, -base)
 from . import text  # noqa: F401  (notes: me-llama-13b, hf-text, all-minilm-l6-v2; clinical: biomistral-7b)
 from . import precomputed  # noqa: F401  (features: precomputed)
 from . import openclip  # noqa: F401  (xray alternatives: biomedclip, open-clip)
+from . import merlin  # noqa: F401  (ct: merlin)
+from . import moirai  # noqa: F401  (timeseries: moirai-large)
+from . import fracast  # noqa: F401  (timeseries alternative: fracast-0, real weights on PyPI)
 # isort: on
 
 __all__ = [
