@@ -7,6 +7,7 @@ cache.read_all()                                  # (N, D) numpy; a zero-copy me
 cache.read(["s001", "s007"])                      # rows for those ids, in that order
 cache.torch(["s001"])                             # the same as a torch tensor
 cache.errors()                                    # per-sample failures (sample_id, stage, reason)
+cache.bag_names, cache.read_bag("s001")           # per-sample bags (a slide's patch features and coords)
 """
 
 from __future__ import annotations
@@ -267,6 +268,27 @@ class EmbeddingCache:
         if dtype is not None:
             return tensor.to(dtype)
         return tensor.float() if tensor.is_floating_point() else tensor
+
+    # ---------------------------------------------------------------- bags
+    @property
+    def bag_names(self) -> list[str]:
+        """Names of the per-sample variable-length arrays (``features``, ``coords`` for slides); empty if none."""
+        return sorted({n for s in self._shards for n in s.bag_names})
+
+    def read_bag(self, sample_id: str, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """One sample's bags, e.g. ``{"features": (N, 1024), "coords": (N, 2)}`` (memory-mapped for HDF5).
+
+        Raises:
+            KeyError: the sample is not in the cache, or the cache has no bag of that name.
+        """
+        position = int(self.positions([sample_id])[0])
+        shard = self._shards[int(self._shard_of[position])]
+        row = int(self._row_of[position])
+        wanted = self.bag_names if names is None else list(names)
+        missing = sorted(set(wanted) - set(self.bag_names))
+        if missing:
+            raise KeyError(f"cache {self.path} has no bag {missing[0]!r}; it has {self.bag_names or 'none'}")
+        return {name: shard.bag(name, row) for name in wanted}
 
     # -------------------------------------------------------------- errors
     def errors(self) -> pd.DataFrame:

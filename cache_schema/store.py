@@ -37,7 +37,7 @@ import numpy as np
 from .atomic import atomic_write_json, fsync_dir, temp_name, write_json_once
 from .errors import CacheError, CorruptShard, FingerprintMismatch
 from .fingerprint import CACHE_SCHEMA_VERSION, Fingerprint, diff_fingerprints
-from .shards import FORMATS, ShardFormat, file_checksum, storage_array, write_shard_file
+from .shards import FORMATS, ShardFormat, file_checksum, storage_array, storage_bag, write_shard_file
 
 DEFAULT_ROWS_PER_SHARD = 32768  # ~64 MB at 1024-d float16; ~330 MB at 5120-d
 CLAIM_LEASE_SECONDS = 600.0
@@ -173,9 +173,15 @@ class CacheDir:
         arrays: dict[str, np.ndarray],
         errors: list[dict[str, str]] | None = None,
         extra: dict[str, Any] | None = None,
+        bags: dict[str, list[np.ndarray]] | None = None,
     ) -> dict[str, Any]:
-        """Write, checksum and atomically commit one shard; returns its commit record (metadata only)."""
+        """Write, checksum and atomically commit one shard; returns its commit record (metadata only).
+
+        ``bags`` maps a bag name to one variable-length array per id (e.g. a slide's patch features); float bags
+        are cast to the storage dtype in place, sample by sample.
+        """
         arrays = {name: storage_array(arr, self.fingerprint.storage_dtype) for name, arr in arrays.items()}
+        bags = {name: storage_bag(parts, self.fingerprint.storage_dtype) for name, parts in (bags or {}).items()}
         name = plan.name(index)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         tmp = temp_name(self.shards_dir / f"{name}{FORMATS[self.format]}", self.tmp_dir)
@@ -186,6 +192,7 @@ class CacheDir:
                 arrays,
                 self.format,
                 attrs={"cache_key": self.fingerprint.key, "shard": name, "schema_version": CACHE_SCHEMA_VERSION},
+                bags=bags,
             )
             checksum = file_checksum(tmp)
             size = tmp.stat().st_size
@@ -205,6 +212,11 @@ class CacheDir:
             "bytes": size,
             "checksum": {"algo": "xxh3_64", "value": checksum},
             "arrays": {k: {"shape": list(v.shape[1:]), "dtype": v.dtype.name} for k, v in arrays.items()},
+            "bags": {
+                k: {"shape": list(v[0].shape[1:]), "dtype": v[0].dtype.name, "rows": int(sum(len(p) for p in v))}
+                for k, v in bags.items()
+                if v
+            },
             "first_id": ids[0] if ids else None,
             "last_id": ids[-1] if ids else None,
             "errors": errors or [],
@@ -304,7 +316,11 @@ class CacheDir:
                 f"{self.path}: committed shards hold {rows} rows and {errors} errors for a plan of {n_items} "
                 "samples; the shards were written from different inputs"
             )
-        shapes = {json.dumps({k: v["shape"] for k, v in rec["arrays"].items()}) for rec in shards if rec["rows"]}
+        shapes = {
+            json.dumps({k: v["shape"] for k, v in {**rec["arrays"], **rec.get("bags", {})}.items()})
+            for rec in shards
+            if rec["rows"]
+        }
         index = {
             "schema_version": CACHE_SCHEMA_VERSION,
             "cache_key": self.fingerprint.key,
@@ -314,7 +330,10 @@ class CacheDir:
             "rows": sum(rec["rows"] for rec in shards),
             "bytes": sum(rec["bytes"] for rec in shards),
             "n_errors": sum(len(rec["errors"]) for rec in shards),
-            "shards": [{k: rec[k] for k in ("shard", "file", "rows", "bytes", "checksum", "arrays")} for rec in shards],
+            "shards": [
+                {k: rec[k] for k in ("shard", "file", "rows", "bytes", "checksum", "arrays", "bags") if k in rec}
+                for rec in shards
+            ],
             "created_at": _now(),
         }
         if len(shapes) > 1:

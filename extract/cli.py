@@ -10,7 +10,7 @@ from rich.table import Table
 from ..cache_schema import CacheError
 from ..cache_schema.cli import wide_console
 from ..cache_schema.store import DEFAULT_ROWS_PER_SHARD
-from .encoders import get_spec, list_encoders
+from .encoders import default_modalities, get_spec, list_encoders
 from .errors import ExtractError, SampleFailed
 from .progress import sample_progress
 from .runner import ExtractConfig, RunSummary, plan_job, run_local, slurm_array_split
@@ -43,15 +43,17 @@ def _print_encoders() -> None:
     table = Table(title="Registered encoders")
     table.add_column("name", no_wrap=True)
     table.add_column("modality", no_wrap=True)
-    for column in ("dim", "pooling", "default weights", "description"):
+    for column in ("reads", "dim", "pooling", "bags", "default weights", "description"):
         table.add_column(column, overflow="fold")
     for name in list_encoders():
         spec = get_spec(name)
         table.add_row(
             name,
             spec.modality,
+            spec.reader,
             str(spec.embed_dim) if spec.embed_dim else "from weights/data",
             spec.pooling,
+            ", ".join(spec.bags) or "-",
             spec.default_weights or "(local only)",
             spec.description,
         )
@@ -86,7 +88,13 @@ def _print_summary(summary: RunSummary) -> None:
 @app.command()
 def extract(
     manifest: Path = typer.Option(None, "--manifest", "-m", help="Cohort manifest (Parquet) from adacomed-data."),
-    modality: str = typer.Option(None, "--modality", help="Manifest modality to embed (xray, notes, ct, ...)."),
+    modality: str = typer.Option(
+        None,
+        "--modality",
+        help="Manifest modality to embed. With a default encoder: "
+        + ", ".join(f"{m} ({e})" for m, e in default_modalities().items())
+        + "; any other manifest modality with --encoder.",
+    ),
     cache: Path = typer.Option(None, "--cache", "-c", help="Cache root folder (created if absent)."),
     encoder: str = typer.Option(None, "--encoder", "-e", help="Registered encoder; default: the modality's."),
     weights: str = typer.Option(
@@ -104,7 +112,9 @@ def extract(
     storage_dtype: str = typer.Option("float16", "--storage-dtype", help="float16 (default) or float32 on disk."),
     shard_format: str = typer.Option("h5", "--format", help="Shard format: h5 (default) or parquet."),
     rows_per_shard: int = typer.Option(
-        DEFAULT_ROWS_PER_SHARD, "--rows-per-shard", help="Samples per shard file (fixed by the first run)."
+        None,
+        "--rows-per-shard",
+        help=f"Samples per shard file (fixed by the first run); default: the encoder's, else {DEFAULT_ROWS_PER_SHARD}.",
     ),
     num_shards: int = typer.Option(
         None, "--num-shards", help="Split the work into N parts; default: the SLURM array's task count, or 1."

@@ -1,10 +1,13 @@
 """The extraction runner: manifest rows -> encoder -> committed cache shards.
 
 The runner knows nothing about any particular model: it reads the encoder's contract (``load_input``,
-``collate``, ``encode``, ``fingerprint``) and the cache contract (``CacheDir``). Work is planned as a pure
-function of the sorted sample ids (``plan.json``); this process takes every ``num_shards``-th shard from
-``shard_index`` (SLURM job arrays), skips committed shards, claims the rest so concurrent runs do not duplicate
-work, commits each shard atomically, and finalises the cache when every planned shard is committed.
+``encode_samples``, ``fingerprint``) and the cache contract (``CacheDir``). Bag encoders (a slide's patch
+features) get one sample per call and return its bag beside the pooled row; both go into the same shard.
+
+Work is planned as a pure function of the sorted sample ids (``plan.json``); this process takes every
+``num_shards``-th shard from ``shard_index`` (SLURM job arrays), skips committed shards, claims the rest so
+concurrent runs do not duplicate work, commits each shard atomically, and finalises the cache when every planned
+shard is committed.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 
 from ..cache_schema import CacheDir, Fingerprint, Manifest, ShardPlan
 from ..cache_schema.store import DEFAULT_ROWS_PER_SHARD
-from .encoders import Encoder, create_encoder, default_encoder
+from .encoders import EncodedSamples, Encoder, create_encoder, default_encoder
 from .errors import ExtractError, InputError, SampleFailed
 
 ON_ERROR = ("skip", "fail")
@@ -45,7 +48,7 @@ class ExtractConfig:
     on_error: str = "skip"
     storage_dtype: str = "float16"
     shard_format: str = "h5"
-    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
+    rows_per_shard: int | None = None  # default: the encoder's (bag encoders: a few samples), else 32768
     num_shards: int = 1  # this run takes shards i with i % num_shards == shard_index
     shard_index: int = 0
     wait_for_others: bool = True  # wait for shards claimed by live concurrent runs, then finalise
@@ -69,6 +72,9 @@ class ExtractConfig:
 
     def build_encoder(self) -> Encoder:
         return create_encoder(self.encoder_name, self.weights, self.device, self.dtype, **self.encoder_options)
+
+    def shard_rows(self, encoder: Encoder) -> int:
+        return self.rows_per_shard or encoder.spec.rows_per_shard or DEFAULT_ROWS_PER_SHARD
 
 
 @dataclass
@@ -134,7 +140,7 @@ def plan_job(config: ExtractConfig, encoder: Encoder | None = None) -> Extractio
         manifest.input_files_hash(config.modality, config.input_hash_mode),
     )
     cache = CacheDir(config.cache, fingerprint, config.shard_format)  # type: ignore[arg-type]
-    plan = cache.initialise(len(items), config.rows_per_shard)
+    plan = cache.initialise(len(items), config.shard_rows(encoder))
     return ExtractionJob(config, encoder, items, sorted(items), cache, plan)
 
 
@@ -200,7 +206,9 @@ def _decoded(job: ExtractionJob, ids: Sequence[str], pool: ThreadPoolExecutor | 
         for sid in ids:
             yield _load_one(job.encoder, sid, job.items[sid])
         return
-    window = max(2 * job.config.batch_size, 4 * (job.config.num_workers or 1))
+    # Plain encoders decode a couple of batches ahead; bag encoders (whole slides) only one sample per worker.
+    ahead = 1 if job.encoder.spec.bags else 2 * job.config.batch_size
+    window = max(ahead, 2 * (job.config.num_workers or 1))
     pending = []
     for sid in ids:
         pending.append(pool.submit(_load_one, job.encoder, sid, job.items[sid]))
@@ -225,12 +233,15 @@ def extract_shard(
     """
     start = time.perf_counter()
     cfg = job.config
-    job.encoder.model  # noqa: B018 - load now: a weights or device problem is the run's, not a sample's
+    encoder = job.encoder
+    encoder.model  # noqa: B018 - load now: a weights or device problem is the run's, not a sample's
     ids = job.plan.ids_of(job.sorted_ids, index)
     done_ids: list[str] = []
     outputs: list[np.ndarray] = []
+    bags: dict[str, list[np.ndarray]] = {name: [] for name in encoder.spec.bags}
     errors: list[dict[str, str]] = []
     model_failures = 0
+    samples_per_call = 1 if encoder.spec.bags else cfg.batch_size
 
     def fail_or_record(sample_id: str, stage: str, reason: str) -> None:
         if cfg.on_error == "fail":
@@ -242,7 +253,10 @@ def extract_shard(
         if not batch:
             return
         try:
-            out = job.encoder.encode(job.encoder.collate(batch)).numpy()
+            encoded = encoder.encode_samples(batch, cfg.batch_size)
+        except InputError as exc:  # a bag encoder met a bad part of its one sample (e.g. unreadable tiles)
+            fail_or_record(batch_ids[0], exc.stage, exc.reason)
+            return
         except Exception as exc:  # noqa: BLE001 - retry one by one to find the sample that breaks the model
             if len(batch) > 1:
                 for sid, sample in zip(batch_ids, batch):
@@ -257,18 +271,17 @@ def extract_shard(
             fail_or_record(batch_ids[0], "encode", f"{type(exc).__name__} in the model forward")
             return
         model_failures = 0
-        if out.shape != (len(batch), job.encoder.embed_dim):
-            raise ExtractError(
-                f"encoder {job.encoder.spec.name} returned shape {out.shape}, expected ({len(batch)}, "
-                f"{job.encoder.embed_dim})"
-            )
-        finite = np.isfinite(out).all(axis=1)
-        for sid, row, ok in zip(batch_ids, out, finite):
-            if ok:
+        _check_encoded(encoder, encoded, len(batch))
+        finite = np.isfinite(encoded.embeddings).all(axis=1)
+        for i, (sid, row, ok) in enumerate(zip(batch_ids, encoded.embeddings, finite)):
+            sample_bags = encoded.bags[i] if encoded.bags is not None else {}
+            if ok and all(np.isfinite(b).all() for b in sample_bags.values() if b.dtype.kind == "f"):
                 done_ids.append(sid)
                 outputs.append(row)
+                for name in bags:
+                    bags[name].append(sample_bags[name])
             else:
-                fail_or_record(sid, "output", "non-finite values in the embedding")
+                fail_or_record(sid, "output", "non-finite values in the embedding or its bag")
 
     pool = ThreadPoolExecutor(cfg.num_workers) if cfg.num_workers > 0 else None
     try:
@@ -280,7 +293,7 @@ def extract_shard(
             else:
                 batch_ids.append(sid)
                 batch.append(sample)
-            if len(batch) == cfg.batch_size:
+            if len(batch) == samples_per_call:
                 flush(batch_ids, batch)
                 batch_ids, batch = [], []
             job.cache.refresh_claim(index)
@@ -290,11 +303,33 @@ def extract_shard(
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    embeddings = np.stack(outputs) if outputs else np.zeros((0, job.encoder.embed_dim), dtype=np.float32)
+    embeddings = np.stack(outputs) if outputs else np.zeros((0, encoder.embed_dim), dtype=np.float32)
+    outputs.clear()
     job.cache.commit_shard(
-        job.plan, index, done_ids, {"embeddings": embeddings}, errors, extra={"env": run_environment(job.encoder)}
+        job.plan,
+        index,
+        done_ids,
+        {"embeddings": embeddings},
+        errors,
+        extra={"env": run_environment(encoder)},
+        bags=bags or None,
     )
     return ShardResult(index, len(done_ids), len(errors), time.perf_counter() - start)
+
+
+def _check_encoded(encoder: Encoder, encoded: EncodedSamples, n: int) -> None:
+    """The encoder kept its contract: ``(n, dim)`` rows and, for bag encoders, every declared bag per sample."""
+    shape = np.shape(encoded.embeddings)
+    if shape != (n, encoder.embed_dim):
+        raise ExtractError(f"encoder {encoder.spec.name} returned shape {shape}, expected ({n}, {encoder.embed_dim})")
+    if not encoder.spec.bags:
+        return
+    if encoded.bags is None or len(encoded.bags) != n:
+        raise ExtractError(f"encoder {encoder.spec.name} declares bags {encoder.spec.bags} but returned none")
+    for sample_bags in encoded.bags:
+        missing = set(encoder.spec.bags) - set(sample_bags)
+        if missing:
+            raise ExtractError(f"encoder {encoder.spec.name} returned no bag {sorted(missing)[0]!r}")
 
 
 # ----------------------------------------------------------------- local executor

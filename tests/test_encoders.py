@@ -12,32 +12,21 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_readers import write_dicom
 
-from adacomed.extract.encoders import TINY_RANDOM, create_encoder, default_encoder, list_encoders
+from adacomed.extract.encoders import TINY_RANDOM, create_encoder, default_encoder, get_spec, list_encoders
 from adacomed.extract.encoders.dinov2 import IMAGENET_MEAN, IMAGENET_STD
 from adacomed.extract.encoders.text import masked_mean, tiny_tokenizer
 from adacomed.extract.errors import ExtractError, InputError, WeightsError
+from adacomed.extract.readers import create_reader, get_reader_class, list_readers
 
 NOTES = ["Patient admitted with chest pain.\nNo fever.", "Left renal mass, clear cell carcinoma, grade 3, stage T2."]
 
 
 @pytest.fixture(scope="module")
 def raw_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Any]]:
-    """Real inputs per modality, each read by the encoder's own ``load_input``."""
+    """Every registered reader's own example inputs, by input kind (what the encoders reading it must embed)."""
     root = tmp_path_factory.mktemp("raw")
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (300, 200, 3), dtype=np.uint8)).save(root / "cxr.png")
-    stored = rng.integers(0, 4096, (96, 80)).astype(np.uint16)
-    write_dicom(root / "cxr.dcm", stored, photometric="MONOCHROME1", window=(2048, 1024))
-    np.savez(root / "ct.npz", rng.standard_normal((1, 1, 512, 1)).astype(np.float32))
-    np.save(root / "ct.npy", rng.standard_normal((1, 1, 512, 1)).astype(np.float32))
-    return {
-        "xray": [root / "cxr.png", root / "cxr.dcm"],
-        "notes": NOTES,
-        "clinical": ["The patient is a male of White race, diagnosed at age 61.", NOTES[1]],
-        "features": [root / "ct.npz", root / "ct.npy", rng.standard_normal(512).astype(np.float32)],
-    }
+    return {kind: get_reader_class(kind).examples(root / kind) for kind in list_readers()}
 
 
 def tiny(name: str, **options: Any):
@@ -48,20 +37,41 @@ def tiny(name: str, **options: Any):
 
 # --------------------------------------------------------------- registry
 @pytest.mark.parametrize("name", list_encoders())
-def test_every_encoder_embeds_its_own_inputs(name: str, raw_inputs: dict[str, list[Any]]) -> None:
+def test_every_encoder_embeds_its_readers_examples(name: str, raw_inputs: dict[str, list[Any]]) -> None:
     encoder = tiny(name)
-    inputs = raw_inputs.get(encoder.spec.modality)
-    if inputs is None:
-        pytest.skip(f"no sample input for modality {encoder.spec.modality!r} in this file")
+    inputs = raw_inputs[encoder.spec.reader]
+    assert len(inputs) >= 2, f"reader {encoder.spec.reader!r} must ship at least two examples"
     fingerprint = encoder.fingerprint(encoder.spec.modality, "input-hash")
     assert encoder._model is None, "the fingerprint must be known before any weights load"
     assert fingerprint.dim == encoder.embed_dim > 0
-    out = encoder.encode(encoder.collate([encoder.load_input(p) for p in inputs]))
+    assert encoder.reader.parameters().items() <= fingerprint.preprocessing.items()
+    prepared = [encoder.load_input(p) for p in inputs]
+    batch_size = 4
+    if encoder.spec.bags:  # one sample per call, as the runner does
+        parts = [encoder.encode_samples([p], batch_size) for p in prepared]
+        out = torch.from_numpy(np.concatenate([part.embeddings for part in parts]))
+        for part in parts:
+            assert part.bags is not None and set(part.bags[0]) == set(encoder.spec.bags)
+    else:
+        out = torch.from_numpy(encoder.encode_samples(prepared, batch_size).embeddings)
     assert out.shape == (len(inputs), encoder.embed_dim) and out.dtype == torch.float32
     assert torch.isfinite(out).all()
+    assert not torch.allclose(out[0], out[1]), "two different inputs gave the same embedding"
     again = tiny(name)  # a fixed seed: tiny-random is the same model every time
-    np.testing.assert_allclose(again.encode(again.collate([again.load_input(inputs[0])])), out[:1], atol=1e-5)
+    alone = again.encode_samples([again.load_input(inputs[0])], batch_size).embeddings
+    np.testing.assert_allclose(alone, out[:1].numpy(), atol=1e-5)
     assert again.fingerprint(encoder.spec.modality, "input-hash").key == fingerprint.key
+
+
+@pytest.mark.parametrize("kind", list_readers())
+def test_every_reader_reads_its_examples_and_names_its_parameters(kind: str, tmp_path: Path) -> None:
+    reader = create_reader(kind)
+    examples = get_reader_class(kind).examples(tmp_path)
+    assert len(examples) >= 2
+    for pointer in examples:
+        assert reader.read(pointer) is not None
+    assert reader.parameters(), "the reading parameters key the cache"
+    assert list_encoders() and any(get_spec(n).reader == kind for n in list_encoders()), f"no encoder reads {kind!r}"
 
 
 def test_design_defaults_are_registered_first() -> None:
@@ -280,7 +290,7 @@ def test_precomputed_keys_pickles_and_bad_values(tmp_path: Path) -> None:
         encoder.load_input(tmp_path / "two.npz")
     keyed = create_encoder("precomputed", dim=3, key="b")
     assert keyed.load_input(tmp_path / "two.npz").tolist() == [0.0, 0.0, 0.0]
-    assert keyed.preprocessing() != encoder.preprocessing()
+    assert keyed.fingerprint("features", "h").key != encoder.fingerprint("features", "h").key
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(InputError) as err:
         encoder.load_input(tmp_path / "obj.npy")

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from adacomed.extract.errors import InputError
-from adacomed.extract.readers.image import read_xray
 from adacomed.extract.readers.text import read_note
+from adacomed.extract.readers.xray import read_xray
 
 
 def write_dicom(

@@ -1,14 +1,17 @@
-"""Encoder registry. One import line per encoder module registers it."""
+"""Encoder registry. One import line per encoder module registers it; readers live in ``extract/readers``."""
 
 from .base import (
     TINY_RANDOM,
+    EncodedSamples,
     Encoder,
     EncoderSpec,
     create_encoder,
     default_encoder,
+    default_modalities,
     get_spec,
     list_encoders,
     register_encoder,
+    seeded_init,
 )
 
 # Registration order decides each modality's default (the design's choice first): keep it, do not sort.
@@ -24,11 +27,14 @@ from . import fracast  # noqa: F401  (timeseries alternative: fracast-0, real we
 
 __all__ = [
     "TINY_RANDOM",
+    "EncodedSamples",
     "Encoder",
     "EncoderSpec",
     "create_encoder",
     "default_encoder",
+    "default_modalities",
     "get_spec",
     "list_encoders",
     "register_encoder",
+    "seeded_init",
 ]

@@ -1,16 +1,21 @@
 """The encoder contract and registry.
 
-An encoder declares its contract in an :class:`EncoderSpec` (modality, output dim, pooling, default weights, code
-version) and implements three steps the runner calls without knowing which model it is:
+An encoder declares its contract in an :class:`EncoderSpec` (modality, output dim, pooling, the input kind it
+reads, the options it accepts, default weights, code version) and implements the steps the runner calls without
+knowing which model it is:
 
-* :meth:`Encoder.load_input`: one manifest pointer -> one preprocessed sample (runs in decode workers);
-* :meth:`Encoder.collate`: samples -> a batch;
-* :meth:`Encoder.encode`: a batch -> ``(B, embed_dim)`` float32 on the CPU.
+* :meth:`Encoder.load_input`: one manifest pointer -> the registered reader's decoded sample -> :meth:`prepare`
+  (runs in decode workers);
+* :meth:`Encoder.encode_samples`: prepared samples -> ``(B, embed_dim)`` float32 rows, plus per-sample **bags**
+  (variable-length arrays such as a slide's patch features) for encoders that declare them. By default it is
+  :meth:`collate` + :meth:`forward` under inference mode.
 
 Adding an encoder is one file under ``extract/encoders/`` with a builder decorated by :func:`register_encoder`,
-plus one import line in ``extract/encoders/__init__.py``. The builder takes ``weights`` (a local directory, a hub
-id, or ``"tiny-random"`` for a random-weights instance of the same architecture class built from a tiny config)
-and returns an :class:`Encoder` whose model loads lazily, so the fingerprint is known before any weights load.
+plus one import line in ``extract/encoders/__init__.py``; a new input kind is one file under ``extract/readers/``.
+The builder takes ``weights`` (a local directory or file, a hub id, or ``"tiny-random"`` for a random-weights
+instance of the same architecture class built from a tiny config) and returns an :class:`Encoder` whose model
+loads lazily, so the fingerprint is known before any weights load. :func:`create_encoder` checks options against
+the spec (and the reader's) before the builder runs.
 """
 
 from __future__ import annotations
@@ -20,15 +25,19 @@ import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ...cache_schema import Fingerprint
 from ...cache_schema.errors import InputError
-from ...cache_schema.raw_images import read_xray
+from ...cache_schema.fingerprint import canonical_json
 from ..errors import ExtractError, WeightsError
+from ..options import check_options
+from ..readers import InputReader, create_reader, get_reader_class
 
 TINY_RANDOM = "tiny-random"
 
@@ -42,6 +51,10 @@ class EncoderSpec:
         modality: manifest modality it embeds by default (``xray``).
         embed_dim: output dimension with the real weights.
         pooling: how outputs become one vector (``cls``, ``masked-mean``).
+        reader: the input kind :meth:`Encoder.load_input` reads (a registered reader: ``xray``, ``text``, ...).
+        options: option names the builder accepts (``--option k=v``); the reader's own options come on top.
+        bags: names of the per-sample variable-length arrays the encoder also returns (WSI: features, coords).
+        rows_per_shard: default samples per cache shard (bag encoders keep shards to a few samples).
         default_weights: hub id used when ``--weights`` is not given (resolved offline from the local HF cache).
         version: code version of the wrapper; bump it when the output semantics change (it keys the cache).
         description: one line for ``--help`` and the README.
@@ -51,22 +64,50 @@ class EncoderSpec:
     modality: str
     embed_dim: int
     pooling: str
+    reader: str = "xray"
+    options: tuple[str, ...] = ()
+    bags: tuple[str, ...] = ()
+    rows_per_shard: int | None = None
     default_weights: str = ""
     version: str = "1"
     description: str = ""
 
 
+@dataclass
+class EncodedSamples:
+    """What :meth:`Encoder.encode_samples` returns: one float32 row per sample and, for bag encoders, its bags."""
+
+    embeddings: np.ndarray  # (B, embed_dim) float32
+    bags: list[dict[str, np.ndarray]] | None = None  # one {bag name: (N_i, ...) array} per sample
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Build a tiny-random model reproducibly without touching the caller's global RNG state."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 class Encoder(ABC):
-    """A frozen large model behind the three-step contract. Subclasses build the model in :meth:`build_model`."""
+    """A frozen large model behind the contract. Subclasses build the model in :meth:`build_model`.
+
+    ``self.reader`` is the registered reader of ``spec.reader``; :func:`create_encoder` gives it the reader's
+    options, so an encoder never parses a file format or a reader option itself.
+    """
 
     spec: EncoderSpec
 
     def __init__(self, spec: EncoderSpec, weights: str | None, device: str = "cpu", dtype: str = "auto"):
         self.spec = spec
         self.weights = weights or spec.default_weights
+        self.is_tiny = self.weights == TINY_RANDOM
         self.device = device
         self.dtype_name = resolve_dtype_name(dtype, device)
         self.embed_dim = spec.embed_dim
+        self.reader: InputReader = create_reader(spec.reader)
         self._model: Any = None
 
     # ----------------------------------------------------------- the contract
@@ -75,24 +116,42 @@ class Encoder(ABC):
         """Load (or, for ``tiny-random``, construct) the model; called once, lazily."""
 
     @abstractmethod
-    def load_input(self, pointer: Any) -> Any:
-        """Read and preprocess one sample; raise :class:`~adacomed.extract.errors.InputError` on bad input."""
-
-    @abstractmethod
-    def collate(self, samples: list[Any]) -> Any:
-        """Stack preprocessed samples into one batch."""
-
-    @abstractmethod
     def forward(self, batch: Any) -> Any:
         """Run the model on a batch already on the device; return ``(B, embed_dim)`` pooled outputs."""
 
     @abstractmethod
     def preprocessing(self) -> dict[str, Any]:
-        """Every preprocessing parameter that changes the output (goes into the fingerprint)."""
+        """The encoder's own preprocessing parameters (the reader's are added to the fingerprint beside them)."""
+
+    def prepare(self, decoded: Any) -> Any:
+        """The encoder's preprocessing of one decoded sample (resize, normalise, ...); identity by default."""
+        return decoded
+
+    def load_input(self, pointer: Any) -> Any:
+        """Read and preprocess one sample; raise :class:`~adacomed.extract.errors.InputError` on bad input."""
+        return self.prepare(self.reader.read(pointer))
+
+    def collate(self, samples: list[Any]) -> Any:
+        """Stack prepared samples (tensors or arrays) into one batch."""
+        import torch
+
+        return torch.stack([torch.as_tensor(s) for s in samples])
+
+    def tiny_recipe(self) -> dict[str, Any]:
+        """Config and seed of the ``tiny-random`` instance; its hash is that instance's weights identity."""
+        raise ExtractError(f"{self.spec.name} declares no tiny-random recipe")
 
     def weights_identity(self) -> str:
-        """Identity of the weights for the fingerprint (hub revision or file hashes)."""
+        """Identity of the weights for the fingerprint (tiny recipe hash, hub revision or file hashes)."""
+        if self.is_tiny:
+            digest = hashlib.sha256(canonical_json(self.tiny_recipe()).encode()).hexdigest()
+            return f"{TINY_RANDOM}:{digest[:16]}"
         return weights_identity(self.weights)
+
+    def encode_samples(self, samples: list[Any], batch_size: int) -> EncodedSamples:
+        """Prepared samples -> embeddings (and bags). Bag encoders override this and get one sample per call,
+        with ``batch_size`` the number of items (patches, slabs) per forward."""
+        return EncodedSamples(self.encode(self.collate(samples)).numpy())
 
     # --------------------------------------------------------------- helpers
     @property
@@ -128,7 +187,7 @@ class Encoder(ABC):
             encoder_version=self.spec.version,
             weights=self.weights_identity(),
             pooling=self.spec.pooling,
-            preprocessing=self.preprocessing(),
+            preprocessing={**self.reader.parameters(), **self.preprocessing()},
             inference_dtype=self.dtype_name,
             storage_dtype=storage_dtype,
             dim=self.embed_dim,
@@ -138,23 +197,18 @@ class Encoder(ABC):
 
 
 class ImageEncoder(Encoder):
-    """An encoder of image pointers: the shared X-ray decoder, then the encoder's declared ``transform``."""
+    """An encoder of images: the registered reader's RGB image, then the encoder's declared ``transform``."""
 
     transform: Any  # PIL RGB image -> float tensor (C, H, W); an attribute or a property of the subclass
 
     def load_input(self, pointer: Any) -> Any:
-        image = read_xray(Path(pointer))
+        image = self.reader.read(pointer)
         try:
             return self.transform(image)
         except (ValueError, OSError) as exc:
             raise InputError(
                 f"cannot preprocess image {Path(pointer).name} ({type(exc).__name__})", "preprocess"
             ) from None
-
-    def collate(self, samples: list[Any]) -> Any:
-        import torch
-
-        return torch.stack(samples)
 
 
 def resolve_dtype_name(dtype: str, device: str) -> str:
@@ -305,6 +359,14 @@ def list_encoders(modality: str | None = None) -> list[str]:
     return sorted(n for n, e in _REGISTRY.items() if modality is None or e.spec.modality == modality)
 
 
+def default_modalities() -> dict[str, str]:
+    """Each modality that has a registered encoder -> its default encoder (for ``--help`` and listings)."""
+    defaults: dict[str, str] = {}
+    for name, entry in _REGISTRY.items():
+        defaults.setdefault(entry.spec.modality, name)
+    return defaults
+
+
 def get_spec(name: str) -> EncoderSpec:
     try:
         return _REGISTRY[name].spec
@@ -323,6 +385,16 @@ def default_encoder(modality: str) -> str:
 def create_encoder(
     name: str, weights: str | None = None, device: str = "cpu", dtype: str = "auto", **options: Any
 ) -> Encoder:
-    """Build a registered encoder (model loads lazily on first use)."""
-    get_spec(name)
-    return _REGISTRY[name].builder(weights=weights, device=device, dtype=dtype, **options)
+    """Build a registered encoder (model loads lazily on first use).
+
+    Options are checked against the encoder's spec and its reader's spec first (a typo names the close match);
+    the reader's options go to the reader, the rest to the builder.
+    """
+    spec = get_spec(name)
+    reader_class = get_reader_class(spec.reader)
+    check_options(f"encoder {name!r}", options, (*spec.options, *reader_class.spec.options))
+    reader_options = {k: options.pop(k) for k in list(options) if k in reader_class.spec.options}
+    encoder = _REGISTRY[name].builder(weights=weights, device=device, dtype=dtype, **options)
+    if reader_options:
+        encoder.reader = reader_class(**reader_options)
+    return encoder

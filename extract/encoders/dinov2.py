@@ -9,7 +9,6 @@ transformers versions and every parameter lands in the fingerprint. When the wei
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from PIL import Image
 
 from ...cache_schema.fingerprint import canonical_json
 from ..errors import ExtractError, WeightsError
-from .base import TINY_RANDOM, Encoder, EncoderSpec, ImageEncoder, register_encoder
+from .base import Encoder, EncoderSpec, ImageEncoder, register_encoder, seeded_init
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -127,7 +126,6 @@ class Dinov2Encoder(ImageEncoder):
             raise WeightsError(f"{spec.name}: no weights given; pass --weights /path/to/model or a hub id")
         if pooling not in POOLINGS:
             raise ExtractError(f"{spec.name}: pooling {pooling!r} is not one of {POOLINGS}")
-        self.is_tiny = self.weights == TINY_RANDOM
         self.local_dir = None if self.is_tiny else _local_dir(self.weights)
         hidden = TINY_DINOV2_CONFIG["hidden_size"] if self.is_tiny else _config_hidden_size(self.local_dir)
         hidden = hidden or spec.embed_dim
@@ -155,8 +153,7 @@ class Dinov2Encoder(ImageEncoder):
         from transformers import Dinov2Config, Dinov2Model
 
         if self.is_tiny:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(TINY_SEED)
+            with seeded_init(TINY_SEED):
                 model = Dinov2Model(Dinov2Config(**TINY_DINOV2_CONFIG))
         else:
             try:
@@ -185,13 +182,10 @@ class Dinov2Encoder(ImageEncoder):
         return torch.cat([cls_token, patch_mean], dim=-1)
 
     def preprocessing(self) -> dict[str, Any]:
-        return {"reader": "read_xray/1", **self.transform.as_dict()}
+        return self.transform.as_dict()
 
-    def weights_identity(self) -> str:
-        if self.is_tiny:
-            digest = hashlib.sha256(canonical_json({"seed": TINY_SEED, **TINY_DINOV2_CONFIG}).encode())
-            return f"{TINY_RANDOM}:{digest.hexdigest()[:16]}"
-        return super().weights_identity()
+    def tiny_recipe(self) -> dict[str, Any]:
+        return {"seed": TINY_SEED, **TINY_DINOV2_CONFIG}
 
 
 def _local_dir(weights: str) -> Path | None:
@@ -218,13 +212,19 @@ DINOV2_CHECKPOINTS = (
 
 
 def _register(name: str, dim: int, hub_id: str, description: str) -> None:
-    spec = EncoderSpec(name, "xray", dim, "cls", default_weights=hub_id, version="1", description=description)
+    spec = EncoderSpec(
+        name,
+        "xray",
+        dim,
+        "cls",
+        reader="xray",
+        options=("pooling", "crop_size", "shortest_edge"),
+        default_weights=hub_id,
+        description=description,
+    )
 
     @register_encoder(spec)
     def build(weights: str | None = None, device: str = "cpu", dtype: str = "auto", **options: Any) -> Encoder:
-        unknown = set(options) - {"pooling", "crop_size", "shortest_edge"}
-        if unknown:
-            raise ExtractError(f"{name}: unknown options {sorted(unknown)}; known: crop_size, pooling, shortest_edge")
         return Dinov2Encoder(spec, weights, device, dtype, **options)
 
 

@@ -11,7 +11,6 @@ The output is ``encode_image`` without normalisation.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 from ...cache_schema.fingerprint import canonical_json
 from ..errors import ExtractError, WeightsError
-from .base import TINY_RANDOM, Encoder, EncoderSpec, ImageEncoder, file_sha256, register_encoder, weights_identity
+from .base import Encoder, EncoderSpec, ImageEncoder, file_sha256, register_encoder, seeded_init, weights_identity
 
 TINY_CLIP_NAME = "adacomed-tiny-clip"
 TINY_CLIP_CONFIG = {
@@ -28,7 +27,6 @@ TINY_CLIP_CONFIG = {
     "text_cfg": {"context_length": 16, "vocab_size": 1000, "width": 64, "heads": 2, "layers": 2},
 }
 TINY_SEED = 0
-OPTIONS = ("architecture",)
 
 
 class OpenClipImageEncoder(ImageEncoder):
@@ -49,7 +47,6 @@ class OpenClipImageEncoder(ImageEncoder):
                 "or a checkpoint file with --option architecture=NAME"
             )
         self.architecture = architecture
-        self.is_tiny = self.weights == TINY_RANDOM
         model_cfg, preprocess_overlay = self._read_config()
         self.embed_dim = int(model_cfg["embed_dim"])
         self.preprocess_cfg = _preprocess_cfg(model_cfg, preprocess_overlay)
@@ -92,15 +89,13 @@ class OpenClipImageEncoder(ImageEncoder):
     # ----------------------------------------------------------- contract
     def build_model(self) -> Any:
         import open_clip
-        import torch
 
         if self.is_tiny:
             with tempfile.TemporaryDirectory() as folder:
                 path = Path(folder) / f"{TINY_CLIP_NAME}.json"
                 path.write_text(json.dumps(TINY_CLIP_CONFIG))
                 open_clip.add_model_config(path)
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(TINY_SEED)
+                with seeded_init(TINY_SEED):
                     model = open_clip.create_model(TINY_CLIP_NAME, pretrained=None)
         else:
             if self.weights.startswith(("hf-hub:", "local-dir:")):
@@ -135,12 +130,14 @@ class OpenClipImageEncoder(ImageEncoder):
         return self.model.encode_image(batch, normalize=False)
 
     def preprocessing(self) -> dict[str, Any]:
-        return {"reader": "read_xray/1", **self.preprocess_cfg}
+        return dict(self.preprocess_cfg)
+
+    def tiny_recipe(self) -> dict[str, Any]:
+        return {"seed": TINY_SEED, **TINY_CLIP_CONFIG}
 
     def weights_identity(self) -> str:
         if self.is_tiny:
-            digest = hashlib.sha256(canonical_json({"seed": TINY_SEED, **TINY_CLIP_CONFIG}).encode()).hexdigest()
-            return f"{TINY_RANDOM}:{digest[:16]}"
+            return super().weights_identity()
         if self.weights.startswith("hf-hub:"):
             return weights_identity(self.weights[len("hf-hub:") :])
         if self.weights.startswith("local-dir:"):
@@ -159,14 +156,18 @@ def _preprocess_cfg(model_cfg: dict[str, Any], overlay: dict[str, Any]) -> dict[
 
 def _register(name: str, dim: int, default_weights: str, description: str) -> None:
     spec = EncoderSpec(
-        name, "xray", dim, "image-embedding", default_weights=default_weights, version="1", description=description
+        name,
+        "xray",
+        dim,
+        "image-embedding",
+        reader="xray",
+        options=("architecture",),
+        default_weights=default_weights,
+        description=description,
     )
 
     @register_encoder(spec)
     def build(weights: str | None = None, device: str = "cpu", dtype: str = "auto", **options: Any) -> Encoder:
-        unknown = set(options) - set(OPTIONS)
-        if unknown:
-            raise ExtractError(f"{name}: unknown options {sorted(unknown)}; known: {list(OPTIONS)}")
         return OpenClipImageEncoder(spec, weights, device, dtype, **options)
 
 

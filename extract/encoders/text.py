@@ -17,10 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ...cache_schema.fingerprint import canonical_json
 from ..errors import ExtractError, WeightsError
-from ..readers.text import NOTE_CLEANING_VERSION, read_note
-from .base import TINY_RANDOM, Encoder, EncoderSpec, register_encoder
+from .base import Encoder, EncoderSpec, register_encoder, seeded_init
 
 TINY_SEED = 0
 TINY_TOKENIZER_VOCAB = 300
@@ -71,7 +69,6 @@ class TextEncoder(Encoder):
         self.layer = int(layer)
         self.trust_remote_code = bool(trust_remote_code)
         self.load_in_8bit = bool(load_in_8bit)
-        self.is_tiny = self.weights == TINY_RANDOM
         if self.is_tiny and tiny is None:
             raise ExtractError(f"{spec.name}: no tiny-random recipe is declared")
         self.tiny = tiny
@@ -154,8 +151,7 @@ class TextEncoder(Encoder):
             import transformers
 
             config = getattr(transformers, self.tiny.config_class)(vocab_size=len(self.tokenizer), **self.tiny.config)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(TINY_SEED)
+            with seeded_init(TINY_SEED):
                 model = getattr(transformers, self.tiny.model_class)(config)
             return model.to(self.device).eval()
         from transformers import AutoModel
@@ -179,9 +175,6 @@ class TextEncoder(Encoder):
         if not self.load_in_8bit:
             model = model.to(self.device)
         return model.eval()
-
-    def load_input(self, pointer: Any) -> str:
-        return read_note(pointer)
 
     def collate(self, samples: list[str]) -> Any:
         # Tokenising here (not in the decode threads) keeps the Rust tokenizer single-threaded per batch.
@@ -221,15 +214,11 @@ class TextEncoder(Encoder):
             "padding_side": "right",
             "add_special_tokens": True,
             "layer": self.layer,
-            "cleaning": f"read_note/{NOTE_CLEANING_VERSION}",
             "load_in_8bit": self.load_in_8bit,
         }
 
-    def weights_identity(self) -> str:
-        if self.is_tiny:
-            recipe = dataclasses.asdict(self.tiny) | {"seed": TINY_SEED, "tokenizer": tiny_tokenizer_digest()}
-            return f"{TINY_RANDOM}:{hashlib.sha256(canonical_json(recipe).encode()).hexdigest()[:16]}"
-        return super().weights_identity()
+    def tiny_recipe(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.tiny) | {"seed": TINY_SEED, "tokenizer": tiny_tokenizer_digest()}
 
 
 def masked_mean(hidden: Any, attention_mask: Any) -> Any:
@@ -338,11 +327,10 @@ _TINY_BERT = TextModelRecipe(
 
 
 def _register(spec: EncoderSpec, tiny: TextModelRecipe, max_length: int = 512, weights_from: Any = None) -> None:
+    spec = dataclasses.replace(spec, reader="text", options=TEXT_OPTIONS)
+
     @register_encoder(spec)
     def build(weights: str | None = None, device: str = "cpu", dtype: str = "auto", **options: Any) -> Encoder:
-        unknown = set(options) - set(TEXT_OPTIONS)
-        if unknown:
-            raise ExtractError(f"{spec.name}: unknown options {sorted(unknown)}; known: {sorted(TEXT_OPTIONS)}")
         if not weights and weights_from is not None:
             weights = weights_from()
         options.setdefault("max_length", max_length)

@@ -1,0 +1,11 @@
+"""Input-reader registry: one file per input kind; one import line here registers it."""
+
+from .base import InputReader, ReaderSpec, create_reader, get_reader_class, list_readers, register_reader
+
+# isort: off
+from . import xray  # noqa: F401  (xray: PNG/JPEG/DICOM radiographs)
+from . import text  # noqa: F401  (text: notes and prompts held in the manifest)
+from . import features  # noqa: F401  (features: .npy/.npz files or inline vectors)
+# isort: on
+
+__all__ = ["InputReader", "ReaderSpec", "create_reader", "get_reader_class", "list_readers", "register_reader"]

@@ -7,9 +7,11 @@ Errors never quote the note.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .base import InputReader, ReaderSpec, register_reader
 
 NOTE_CLEANING_VERSION = "1"
 
@@ -30,3 +32,23 @@ def read_note(text: Any) -> str:
     if not cleaned:
         raise InputError("empty note", "preprocess")
     return cleaned
+
+
+@register_reader
+class TextReader(InputReader):
+    """Notes and clinical prompts held in the manifest: cleaned text (never logged)."""
+
+    spec = ReaderSpec("text", version=NOTE_CLEANING_VERSION, description="text in the manifest (notes, prompts)")
+
+    def read(self, pointer: Any) -> str:
+        return read_note(pointer)
+
+    def parameters(self) -> dict[str, Any]:
+        return {"cleaning": f"read_note/{NOTE_CLEANING_VERSION}"}
+
+    @classmethod
+    def examples(cls, folder: Path) -> list[Any]:
+        return [
+            "Patient admitted with chest pain.\nNo fever.",
+            "Left renal mass, clear cell carcinoma, grade 3, stage T2.",
+        ]
