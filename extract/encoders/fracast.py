@@ -14,20 +14,17 @@ removes levels (a heart rate of 80 and of 120 look alike): the embedding describ
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...cache_schema.fingerprint import canonical_json
 from ..errors import ExtractError, WeightsError
-from ..readers.timeseries import TIMESERIES_READER_VERSION, LongTable, TimeSeries, TimeSeriesOptions, read_timeseries
-from .base import TINY_RANDOM, Encoder, EncoderSpec, register_encoder, weights_identity
+from ..readers.timeseries import TimeSeries
+from .base import Encoder, EncoderSpec, register_encoder, seeded_init, weights_identity
 
-FRACAST_OPTIONS = ("window_hours", "step_hours", "table")
 TINY_SEED = 0
 # Fracast-0's release configuration with a narrower, shallower core and a short context.
 TINY_CONFIG: dict[str, Any] = {
@@ -75,6 +72,7 @@ FRACAST_SPEC = EncoderSpec(
     "timeseries",
     64,
     "observed-mean",
+    reader="timeseries",
     default_weights="",
     version="1",
     description="Fracast-0 bundled in the fracast package (offline demo, real weights), shape embedding, 64-d",
@@ -82,25 +80,10 @@ FRACAST_SPEC = EncoderSpec(
 
 
 class FracastEncoder(Encoder):
-    def __init__(
-        self,
-        spec: EncoderSpec,
-        weights: str | None,
-        device: str = "cpu",
-        dtype: str = "auto",
-        window_hours: float = TimeSeriesOptions.window_hours,
-        step_hours: float = TimeSeriesOptions.step_hours,
-        table: str | None = None,
-    ):
+    def __init__(self, spec: EncoderSpec, weights: str | None, device: str = "cpu", dtype: str = "auto"):
         super().__init__(spec, weights, device, "float32" if dtype == "auto" else dtype)
-        self.is_tiny = self.weights == TINY_RANDOM
         if not self.weights:
             self.weights = fracast_package_folder()
-        try:
-            self.options = TimeSeriesOptions(float(window_hours), float(step_hours))
-        except (TypeError, ValueError) as exc:
-            raise ExtractError(f"{spec.name}: {exc}") from None
-        self.table = LongTable(Path(table)) if table else None
         self.embed_dim = TINY_CONFIG["model"]["d_model"] if self.is_tiny else spec.embed_dim
 
     def tiny_recipe(self) -> dict[str, Any]:
@@ -108,7 +91,7 @@ class FracastEncoder(Encoder):
 
     def weights_identity(self) -> str:
         if self.is_tiny:
-            return f"{TINY_RANDOM}:{hashlib.sha256(canonical_json(self.tiny_recipe()).encode()).hexdigest()[:16]}"
+            return super().weights_identity()
         folder = Path(self.weights)
         return weights_identity(str(folder / "model.safetensors")) + "+" + weights_identity(str(folder / "config.json"))
 
@@ -118,8 +101,7 @@ class FracastEncoder(Encoder):
         if self.is_tiny:
             from fracast._core.model import FracastCore
 
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(TINY_SEED)
+            with seeded_init(TINY_SEED):
                 core = FracastCore(TINY_CONFIG)
                 for parameter in core.parameters():  # FiLM starts at zero: give every weight a random value
                     torch.nn.init.normal_(parameter, std=0.3)
@@ -135,10 +117,13 @@ class FracastEncoder(Encoder):
         return core.eval()
 
     def context_width(self) -> int:
-        return int(TINY_CONFIG["model"]["W"]) if self.is_tiny else 2048
-
-    def load_input(self, pointer: Any) -> tuple[np.ndarray, np.ndarray]:
-        return self.prepare(read_timeseries(pointer, self.options, self.table))
+        """The model's fixed context length (``W`` of its config: 2048 for Fracast-0)."""
+        if self.is_tiny:
+            return int(TINY_CONFIG["model"]["W"])
+        try:
+            return int(json.loads((Path(self.weights) / "config.json").read_text())["model"]["W"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise WeightsError(f"fracast-0: cannot read W from {self.weights}/config.json ({exc})") from None
 
     def prepare(self, series: TimeSeries) -> tuple[np.ndarray, np.ndarray]:
         return fracast_rows(series, self.context_width())
@@ -170,12 +155,7 @@ class FracastEncoder(Encoder):
         return total / counts
 
     def preprocessing(self) -> dict[str, Any]:
-        from .moirai import _table_identity
-
         return {
-            "reader": f"timeseries/{TIMESERIES_READER_VERSION}",
-            **dataclasses.asdict(self.options),
-            "table": _table_identity(self.table),
             "normalisation": "min-max over observed steps, per variable",
             "context": f"right-aligned in {self.context_width()} steps",
             "pooling": "mean over observed steps, then over observed variables",
@@ -184,7 +164,4 @@ class FracastEncoder(Encoder):
 
 @register_encoder(FRACAST_SPEC)
 def build_fracast(weights: str | None = None, device: str = "cpu", dtype: str = "auto", **options: Any) -> Encoder:
-    unknown = set(options) - set(FRACAST_OPTIONS)
-    if unknown:
-        raise ExtractError(f"fracast-0: unknown options {sorted(unknown)}; known: {sorted(FRACAST_OPTIONS)}")
     return FracastEncoder(FRACAST_SPEC, weights, device, dtype, **options)

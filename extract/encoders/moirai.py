@@ -21,18 +21,15 @@ Embedding: the mean of the encoder's outputs over the context tokens holding at 
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...cache_schema.fingerprint import canonical_json
 from ..errors import ExtractError, InputError, WeightsError
-from ..readers.timeseries import TIMESERIES_READER_VERSION, LongTable, TimeSeries, TimeSeriesOptions, read_timeseries
-from .base import TINY_RANDOM, Encoder, EncoderSpec, file_sha256, register_encoder
+from ..readers.timeseries import TimeSeries
+from .base import Encoder, EncoderSpec, register_encoder, seeded_init
 
 MOIRAI_LARGE_HUB_ID = "Salesforce/moirai-1.1-R-large"
 HEAD_PREFIX = "param_proj."
@@ -48,7 +45,6 @@ PATCH_RANGES: tuple[tuple[str, float, tuple[int, int]], ...] = (
     ("M", 24.0 * 90, (8, 32)),
     ("Q", float("inf"), (1, 8)),
 )
-MOIRAI_OPTIONS = ("patch_size", "window_hours", "step_hours", "table")
 
 
 def frequency_of(step_hours: float) -> tuple[str, tuple[int, int]]:
@@ -161,6 +157,8 @@ MOIRAI_SPEC = EncoderSpec(
     "timeseries",
     1024,
     "masked-mean",
+    reader="timeseries",
+    options=("patch_size",),
     default_weights=MOIRAI_LARGE_HUB_ID,
     version="1",
     description="MOIRAI-1.1-R large (uni2ts checkpoint layout, no uni2ts needed), masked mean of observed tokens",
@@ -171,63 +169,40 @@ class MoiraiEmbedder(Encoder):
     """MOIRAI's encoder over EHR grids; ``embed_dim`` follows the checkpoint's ``d_model``."""
 
     def __init__(
-        self,
-        spec: EncoderSpec,
-        weights: str | None,
-        device: str = "cpu",
-        dtype: str = "auto",
-        patch_size: int | str = "auto",
-        window_hours: float = TimeSeriesOptions.window_hours,
-        step_hours: float = TimeSeriesOptions.step_hours,
-        table: str | None = None,
+        self, spec: EncoderSpec, weights: str | None, device: str = "cpu", dtype: str = "auto", patch_size: Any = "auto"
     ):
         super().__init__(spec, weights, device, dtype)
-        self.is_tiny = self.weights == TINY_RANDOM
-        try:
-            self.options = TimeSeriesOptions(float(window_hours), float(step_hours))
-        except (TypeError, ValueError) as exc:
-            raise ExtractError(f"{spec.name}: {exc}") from None
-        self.table = LongTable(Path(table)) if table else None
         self.folder = None if self.is_tiny else resolve_folder(self.weights)
         raw = TINY_CONFIG if self.is_tiny else read_moirai_config(self.folder)
         self.embed_dim = int(raw["d_model"])
         self.patch_sizes = tuple(int(p) for p in raw["patch_sizes"])
         self.max_seq_len = int(raw["max_seq_len"])
-        if patch_size == "auto":
-            self.patch_size = auto_patch_size(self.options.step_hours, self.patch_sizes)
-        elif isinstance(patch_size, int) and patch_size in self.patch_sizes:
-            self.patch_size = patch_size
-        else:
+        if patch_size != "auto" and patch_size not in self.patch_sizes:
             raise ExtractError(f"{spec.name}: patch_size {patch_size!r} is not 'auto' or one of {self.patch_sizes}")
+        self.patch_size_option = patch_size
+
+    def patch_size_for(self, step_hours: float) -> int:
+        """The declared patch size, or the frequency's (``auto``)."""
+        if self.patch_size_option == "auto":
+            return auto_patch_size(step_hours, self.patch_sizes)
+        return int(self.patch_size_option)
 
     def tiny_recipe(self) -> dict[str, Any]:
         return {"config": TINY_CONFIG, "seed": TINY_SEED}
 
-    def weights_identity(self) -> str:
-        if self.is_tiny:
-            return f"{TINY_RANDOM}:{hashlib.sha256(canonical_json(self.tiny_recipe()).encode()).hexdigest()[:16]}"
-        files = [self.folder / "config.json", self.folder / "model.safetensors"]
-        return "sha256:" + hashlib.sha256("".join(file_sha256(f) for f in files if f.is_file()).encode()).hexdigest()
-
     def build_model(self) -> Any:
-        import torch
-
         from .moirai_net import MoiraiConfig, MoiraiEncoder
 
         if self.is_tiny:
             config = MoiraiConfig(**{**TINY_CONFIG, "patch_sizes": tuple(TINY_CONFIG["patch_sizes"])})
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(TINY_SEED)
+            with seeded_init(TINY_SEED):
                 model = MoiraiEncoder(config).eval()
         else:
             model = load_moirai(self.folder)
         return model.to(self.device)
 
-    def load_input(self, pointer: Any) -> dict[str, np.ndarray]:
-        return self.prepare(read_timeseries(pointer, self.options, self.table))
-
     def prepare(self, series: TimeSeries) -> dict[str, np.ndarray]:
-        tokens = tokenize(series, self.patch_size, max(self.patch_sizes))
+        tokens = tokenize(series, self.patch_size_for(series.step_hours), max(self.patch_sizes))
         if len(tokens["target"]) > self.max_seq_len:
             raise InputError(
                 f"{len(tokens['target'])} tokens exceed MOIRAI's {self.max_seq_len}; use a larger patch_size or "
@@ -266,28 +241,16 @@ class MoiraiEmbedder(Encoder):
         return (out.float() * keep).sum(1) / keep.sum(1).clamp(min=1.0)
 
     def preprocessing(self) -> dict[str, Any]:
+        step = float(self.reader.grid.step_hours)
         return {
-            "reader": f"timeseries/{TIMESERIES_READER_VERSION}",
-            **dataclasses.asdict(self.options),
-            "table": _table_identity(self.table),
-            "patch_size": self.patch_size,
-            "frequency": frequency_of(self.options.step_hours)[0],
+            "patch_size": self.patch_size_for(step),
+            "patch_size_option": str(self.patch_size_option),
+            "frequency": frequency_of(step)[0],
             "unobserved_fill": 0.0,
-            "dropped": "variables never observed in the window",
+            "tokens": "variables observed in the window x patches, left-padded",
         }
-
-
-def _table_identity(table: LongTable | None) -> str:
-    if table is None:
-        return ""
-    from ...cache_schema.shards import file_checksum
-
-    return f"{table.path.name}:xxh3:{file_checksum(table.path)}"
 
 
 @register_encoder(MOIRAI_SPEC)
 def build_moirai(weights: str | None = None, device: str = "cpu", dtype: str = "auto", **options: Any) -> Encoder:
-    unknown = set(options) - set(MOIRAI_OPTIONS)
-    if unknown:
-        raise ExtractError(f"moirai-large: unknown options {sorted(unknown)}; known: {sorted(MOIRAI_OPTIONS)}")
     return MoiraiEmbedder(MOIRAI_SPEC, weights, device, dtype, **options)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from .base import InputReader, ReaderSpec, register_reader
 
 CT_READER_VERSION = "1"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -118,7 +119,10 @@ def read_dicom_series(folder: Path) -> CTVolume:
     geometry = [_slice_geometry(file, ds, name) for file, ds in headers]
     row_cos, col_cos = geometry[0][1], geometry[0][2]
     for file, (_, rows, cols, spacing, shape) in zip((f for f, _ in headers), geometry):
-        if not (np.allclose(rows, row_cos, atol=ORIENTATION_TOLERANCE) and np.allclose(cols, col_cos, atol=1e-3)):
+        same = np.allclose(rows, row_cos, atol=ORIENTATION_TOLERANCE) and np.allclose(
+            cols, col_cos, atol=ORIENTATION_TOLERANCE
+        )
+        if not same:
             raise InputError(f"DICOM series {name}/: slice {file.name} has another orientation", "read")
         if shape != geometry[0][4]:
             raise InputError(f"DICOM series {name}/: slice {file.name} is {shape}, not {geometry[0][4]}", "read")
@@ -148,7 +152,9 @@ def read_dicom_series(folder: Path) -> CTVolume:
             "read",
         )
     if np.any(np.abs(steps - step) > STEP_TOLERANCE * step):
-        raise InputError(f"DICOM series {name}/ has irregular slice steps ({steps.min():.2f}-{steps.max():.2f} mm)")
+        raise InputError(
+            f"DICOM series {name}/ has irregular slice steps ({steps.min():.2f}-{steps.max():.2f} mm)", "read"
+        )
 
     first_position = geometry[order[0]][0]
     last_position = geometry[order[-1]][0]
@@ -224,6 +230,37 @@ def _checked(volume: CTVolume, name: str) -> CTVolume:
     if not np.isfinite(volume.values).all():
         raise InputError(f"CT volume {name} holds non-finite values", "read")
     return volume
+
+
+@register_reader
+class CTVolumeReader(InputReader):
+    """CT volumes: a NIfTI file or the folder of a DICOM series -> :class:`CTVolume` (HU, RAS+ affine)."""
+
+    spec = ReaderSpec(
+        "ct-volume",
+        version=CT_READER_VERSION,
+        description="CT volumes: NIfTI (.nii/.nii.gz) or a DICOM series folder, in HU with their affine",
+    )
+
+    def read(self, pointer: Any) -> CTVolume:
+        return read_ct_volume(pointer)
+
+    def parameters(self) -> dict[str, Any]:
+        return {
+            "reader": f"ct-volume/{CT_READER_VERSION}",
+            "dicom": "one series, ordered along the slice normal, rescale slope/intercept applied, LPS->RAS",
+            "nifti": "nibabel affine, scl_slope/scl_inter applied",
+        }
+
+    @classmethod
+    def examples(cls, folder: Path) -> list[Any]:
+        import nibabel as nib
+
+        folder.mkdir(parents=True, exist_ok=True)
+        affine = np.diag([1.5, 1.5, 3.0, 1.0])
+        nib.save(nib.Nifti1Image(phantom_hu(lesion=9.0).astype(np.int16), affine), str(folder / "phantom.nii.gz"))
+        write_dicom_series(folder / "phantom-dicom", phantom_hu((36, 40, 20), lesion=3.0), uid_seed="example")
+        return [folder / "phantom.nii.gz", folder / "phantom-dicom"]
 
 
 # -------------------------------------------------------------------------------------- geometry helpers

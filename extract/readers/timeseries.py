@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ExtractError, InputError
+from .base import InputReader, ReaderSpec, register_reader
 
 TIMESERIES_READER_VERSION = "1"
 DEFAULT_WINDOW_HOURS = 48.0
@@ -235,3 +236,67 @@ def grid_from_records(
         raise InputError(f"{where}: values overflow when averaged per {options.step_hours:g} h bin", "read")
     grid_hours = np.arange(options.rows, dtype=np.float64) * options.step_hours
     return TimeSeries(mean.astype(np.float32), observed, grid_hours, names, float(options.step_hours))
+
+
+# ------------------------------------------------------------------------------------------------ the reader
+@register_reader
+class TimeSeriesReader(InputReader):
+    """EHR time series -> :class:`TimeSeries` on the window's regular grid.
+
+    Options: ``window_hours`` (48), ``step_hours`` (1), ``table`` (a cohort-wide long table; pointers are then
+    sample keys in it).
+    """
+
+    spec = ReaderSpec(
+        "timeseries",
+        version=TIMESERIES_READER_VERSION,
+        description="EHR time series: per-sample .npz grids or long tables, first 48 h on an hourly grid",
+        options=("window_hours", "step_hours", "table"),
+    )
+
+    def __init__(
+        self,
+        window_hours: float = DEFAULT_WINDOW_HOURS,
+        step_hours: float = DEFAULT_STEP_HOURS,
+        table: str | Path | None = None,
+    ):
+        super().__init__()
+        try:
+            self.grid = TimeSeriesOptions(float(window_hours), float(step_hours))
+        except (TypeError, ValueError) as exc:
+            raise ExtractError(f"reader 'timeseries': {exc}") from None
+        try:
+            self.table = LongTable(Path(table)) if table else None
+        except FileNotFoundError as exc:
+            raise ExtractError(f"reader 'timeseries': {exc}") from None
+
+    def read(self, pointer: Any) -> TimeSeries:
+        return read_timeseries(pointer, self.grid, self.table)
+
+    def parameters(self) -> dict[str, Any]:
+        table = ""
+        if self.table is not None:
+            from ...cache_schema.shards import file_checksum
+
+            table = f"{self.table.path.name}:xxh3:{file_checksum(self.table.path)}"
+        return {
+            "reader": f"timeseries/{TIMESERIES_READER_VERSION}",
+            "window_hours": self.grid.window_hours,
+            "step_hours": self.grid.step_hours,
+            "binning": "mean per bin and variable",
+            "table": table,
+        }
+
+    @classmethod
+    def examples(cls, folder: Path) -> list[Any]:
+        folder.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        hours = np.arange(48, dtype=np.float32)
+        values = np.stack([80 + 5 * np.sin(hours / 5) + rng.normal(0, 2, 48), 37 + rng.normal(0, 0.2, 48)], axis=1)
+        values[rng.random((48, 2)) < 0.3] = np.nan
+        np.savez(folder / "grid.npz", values=values.astype(np.float32), hours=hours, variables=np.array(["hr", "temp"]))
+        rows = [(h, "sbp", 120 - 0.5 * h + rng.normal(0, 3)) for h in np.arange(0, 60, 2.5)]
+        rows += [(h, "lactate", 1.5 + 0.05 * h) for h in (3.0, 20.0, 41.0)]
+        table = "time,variable,value\n" + "".join(f"{h:g},{name},{v:.3f}\n" for h, name, v in rows)
+        (folder / "long.csv").write_text(table)
+        return [folder / "grid.npz", folder / "long.csv"]
