@@ -83,10 +83,22 @@ def read_nifti(path: Path) -> CTVolume:
     if values.ndim != 3:
         raise InputError(f"NIfTI {path.name} has shape {values.shape}; a CT volume is 3-D", "read")
     affine = np.asarray(image.affine, dtype=np.float64)
-    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+    zooms = _stored_zooms(path, image)
     if not all(np.isfinite(z) and z > 0 for z in zooms):
         raise InputError(f"NIfTI {path.name} has no voxel spacing (pixdim {zooms})", "read")
     return _checked(CTVolume(values, affine), path.name)
+
+
+def _stored_zooms(path: Path, image: Any) -> tuple[float, ...]:
+    """The voxel sizes the file stores: nibabel replaces a zero pixdim by 1 mm on load, which would invent one."""
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(path)) as stream:
+            raw = type(image.header).from_fileobj(stream, check=False)
+        return tuple(float(z) for z in raw["pixdim"][1:4])
+    except Exception:  # noqa: BLE001 - headers without pixdim (other formats): the loaded zooms are all there is
+        return tuple(float(z) for z in image.header.get_zooms()[:3])
 
 
 # --------------------------------------------------------------------------------------------------- DICOM
@@ -279,7 +291,7 @@ def to_orientation(volume: CTVolume, axcodes: str = "RAS") -> CTVolume:
 def resample_to_spacing(volume: CTVolume, spacing: tuple[float, float, float]) -> CTVolume:
     """Linear resampling to ``spacing`` mm, keeping the first voxel's centre and the axis directions.
 
-    The output has ``round((n - 1) * old / new) + 1`` voxels per axis and voxel ``i`` samples the input at index
+    The output has ``round((n - 1) * old / new + 1)`` voxels per axis and voxel ``i`` samples the input at index
     ``i * new / old``, values beyond the last voxel clamped to it: MONAI ``Spacing`` with bilinear interpolation
     and border padding. Trilinear interpolation is separable, so it runs one axis at a time.
     """
@@ -288,7 +300,7 @@ def resample_to_spacing(volume: CTVolume, spacing: tuple[float, float, float]) -
     values = volume.values
     for axis in np.argsort(new / old)[::-1]:  # the axis that shrinks most first: less work after it
         n = values.shape[axis]
-        count = int(np.round((n - 1) * old[axis] / new[axis])) + 1
+        count = int(np.round((n - 1) * old[axis] / new[axis] + 1.0))  # MONAI rounds after adding 1 (half to even)
         if count == n and np.isclose(old[axis], new[axis]):
             continue
         values = _linear_along(values, axis, np.arange(count) * (new[axis] / old[axis]))

@@ -162,6 +162,10 @@ def _long_records(frame: Any, where: str) -> tuple[np.ndarray, np.ndarray, np.nd
     _pick(frame, ("variable",), "variable", where)
     _pick(frame, ("value",), "value", where)
     times = frame[time_column]
+    if not pd.api.types.is_datetime64_any_dtype(times) and not pd.api.types.is_numeric_dtype(times):
+        parsed = pd.to_datetime(times, errors="coerce")  # text timestamps (a CSV): dates if they all parse
+        if parsed.notna().all():
+            times = parsed
     if pd.api.types.is_datetime64_any_dtype(times):
         hours = ((times - times.min()).dt.total_seconds() / 3600.0).to_numpy(dtype=np.float64)
     else:
