@@ -280,7 +280,7 @@ def test_moirai_needs_local_weights() -> None:
 
 # ------------------------------------------------------------------------------------------------ Fracast-0
 def test_fracast_real_weights_embed_series(tmp_path: Path) -> None:
-    require_package("fracast", "pip install 'adacomed[fracast]'")
+    require_package("fracast", "pip install fracast")
     encoder = create_encoder("fracast-0")
     assert encoder.weights_identity().startswith("sha256:") and encoder.embed_dim == 64
     rng = np.random.default_rng(0)

@@ -1,7 +1,7 @@
 """Fracast-0 (PyPI ``fracast``, Apache-2.0): small pretrained time-series model whose weights ship in the wheel.
 
 The demo's real-weights series encoder, as MiniLM is for text: MOIRAI's weights are not on PyPI, Fracast-0's
-85,001 parameters are (``pip install 'adacomed[fracast]'``). Its forecasts are real: on 50 synthetic daily-
+85,001 parameters are (``fracast``, a dependency of this package). Its forecasts are real: on 50 synthetic daily-
 seasonal series it beats a seasonal-naive forecast (``benchmarks/timeseries_encoders.py``). It is loaded
 through the package's own strict loader (``fracast.inference.load_fracast``, fp32 safetensors).
 
@@ -42,7 +42,7 @@ def fracast_package_folder() -> str:
     """The weights folder inside the installed ``fracast`` package (found without importing it)."""
     spec = importlib.util.find_spec("fracast")
     if spec is None or spec.origin is None:
-        raise WeightsError("fracast-0: the fracast package is not installed: pip install 'adacomed[fracast]'")
+        raise WeightsError("fracast-0: the fracast package is not installed: pip install fracast")
     folder = Path(spec.origin).parent / "weights"
     if not (folder / "model.safetensors").is_file():
         raise WeightsError(f"fracast-0: the package's weights folder {folder} holds no model.safetensors")
