@@ -218,3 +218,27 @@ def _cell_text(value: Any) -> str:
             return ""
         return str(int(number)) if number.is_integer() else repr(number)
     return str(value).strip()
+
+
+def prompts_from_mapping(table: Any, entry: Mapping[str, Any], base_dir: Path) -> list[str]:
+    """The prompts a ``kind: template`` modality of a from-table mapping asks for, one per table row.
+
+    ``entry`` holds ``template`` (a text file, relative to ``base_dir`` unless absolute) and optionally ``values``,
+    ``missing`` and ``missing_values`` (see :func:`render_table_template`).
+    """
+    unknown = sorted(set(entry) - set(TABLE_TEMPLATE_KEYS))
+    if unknown:
+        raise PromptError(f"unknown key(s) {unknown}; a template modality takes {list(TABLE_TEMPLATE_KEYS)}")
+    if "template" not in entry:
+        raise PromptError("needs 'template: <file>' (a text file with {column} placeholders)")
+    path = Path(str(entry["template"]))
+    path = path if path.is_absolute() else base_dir / path
+    values = entry.get("values") or {}
+    if not isinstance(values, Mapping) or not all(isinstance(v, Mapping) for v in values.values()):
+        raise PromptError("'values' must map a column to {cell value: words}")
+    missing_values = entry.get("missing_values") or []
+    if not isinstance(missing_values, (list, tuple)):
+        raise PromptError("'missing_values' must be a list of cell values that mean not recorded")
+    return render_table_template(
+        table, load_template(path), values, str(entry.get("missing", "unknown")), list(missing_values)
+    )
