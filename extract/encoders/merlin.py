@@ -37,7 +37,7 @@ from .base import Encoder, EncoderSpec, register_encoder, seeded_init, weights_i
 MERLIN_CHECKPOINT = "i3_resnet_clinical_longformer_best_clip_04-02-2024_23-21-36_epoch_99.pt"
 MERLIN_HUB_ID = "stanfordmimi/Merlin"
 ASTRA_WEIGHTS = "astra"
-IMAGE_PREFIXES = ("encode_image.i3_resnet.",)
+HEAD_PREFIXES = ("classifier.", "contrastive_head.")
 OUTPUTS = ("pooled", "contrastive")
 TINY_SEED = 0
 
@@ -120,7 +120,7 @@ def load_i3resnet(path: Path, config: I3ResNetConfig = I3ResNetConfig()) -> tupl
     from .i3resnet_net import I3ResNet
 
     model = I3ResNet(config)
-    expected = {k: v for k, v in model.state_dict().items() if has_heads or not k.startswith(_HEADS)}
+    expected = {k: v for k, v in model.state_dict().items() if has_heads or not k.startswith(HEAD_PREFIXES)}
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     wrong = sorted(k for k in set(expected) & set(tensors) if tuple(tensors[k].shape) != tuple(expected[k].shape))
@@ -133,9 +133,6 @@ def load_i3resnet(path: Path, config: I3ResNetConfig = I3ResNetConfig()) -> tupl
     state = {k: v.to(expected[k].dtype) for k, v in tensors.items()}
     model.load_state_dict(state, strict=has_heads)
     return model.eval(), has_heads
-
-
-_HEADS = ("classifier.", "contrastive_head.")
 
 
 def astra_weights_file() -> str:
@@ -223,7 +220,7 @@ class MerlinEncoder(Encoder):
         self._checkpoint: Path | None = None
 
     def tiny_recipe(self) -> dict[str, Any]:
-        return {"config": dataclasses.asdict(TINY_CONFIG), "seed": TINY_SEED}
+        return {"config": dataclasses.asdict(TINY_CONFIG), "seed": TINY_SEED, "init": "kaiming_normal fan_out"}
 
     def weights_identity(self) -> str:
         return super().weights_identity() if self.is_tiny else weights_identity(str(self.checkpoint))

@@ -217,6 +217,7 @@ def _slice_hu(file: Path, series: str) -> np.ndarray:
     """One slice's pixels in HU: stored values x RescaleSlope + RescaleIntercept."""
     import pydicom
 
+    ds = None
     try:
         ds = pydicom.dcmread(str(file))
         pixels = ds.pixel_array
