@@ -106,10 +106,11 @@ def load_i3resnet(path: Path, config: I3ResNetConfig = I3ResNetConfig()) -> tupl
 
             raw = load_file(str(path))
         else:
+            file = str(path)
             try:
-                raw = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+                raw = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError:  # a legacy (non-zip) torch file cannot be memory-mapped
-                raw = torch.load(str(path), map_location="cpu", weights_only=True)
+                raw = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a pickle that is not plain tensors, a damaged zip, ...
         raise WeightsError(f"cannot load {path.name} as tensors only ({type(exc).__name__}: {exc})") from None
     if not isinstance(raw, dict):
