@@ -35,6 +35,8 @@ bench: install
 	$(BIN)/python benchmarks/cache_read.py
 	$(BIN)/python benchmarks/extract_overhead.py
 	$(BIN)/python benchmarks/train_epoch.py --quick
+	$(BIN)/python benchmarks/wsi_patching.py     # CLAM's side only with --clam/--clam-python or CLAM_DIR/CLAM_PYTHON
+	$(BIN)/python benchmarks/wsi_features.py
 
 clean-demo:
 	rm -rf $(DEMO)

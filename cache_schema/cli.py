@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -108,3 +109,30 @@ def diff(
     fb = json.loads((b / "fingerprint.json").read_text())
     lines = diff_fingerprints(fa, fb)
     console.print("\n".join(lines) if lines else "identical fingerprints")
+
+
+@app.command("export-clam")
+def export_clam(
+    path: Path = typer.Argument(..., help="A cache folder whose encoder stores bags (features, coords), e.g. uni."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder that receives h5_files/<sample_id>.h5."),
+) -> None:
+    """Write each sample's bag as CLAM's h5_files/<sample_id>.h5 (features float32, coords int32), no pickle.
+
+    CLAM and TRIDENT training code read these files (CLAM: its h5 feature loading); re-import them with
+    `adacomed-extract --encoder clam-h5` on a manifest pointing at the files.
+    """
+    from .clam_h5 import write_clam_features
+
+    folders = _resolve(path)
+    if len(folders) != 1:
+        raise typer.BadParameter(f"{path} holds {len(folders)} caches; pass one cache folder")
+    cache = EmbeddingCache(folders[0], allow_partial=True)
+    if not {"features", "coords"} <= set(cache.bag_names):
+        console.print(f"[red]error:[/red] cache {folders[0]} has no features/coords bags (it has {cache.bag_names})")
+        raise typer.Exit(2)
+    written = 0
+    for sample_id in cache.ids.tolist():
+        bag = cache.read_bag(sample_id, ["features", "coords"])
+        write_clam_features(out / "h5_files" / f"{sample_id}.h5", np.asarray(bag["features"]), bag["coords"])
+        written += 1
+    console.print(f"wrote {written} files under {out / 'h5_files'} (features float32 N x {cache.dim}, coords N x 2)")

