@@ -42,11 +42,12 @@ from adacomed.cache_schema import CacheDir, Fingerprint, Manifest, ManifestInfo,
 from adacomed.train import prepare as prepare_module
 from adacomed.train.collab import CollaborativeModel
 from adacomed.train.config import TrainConfig
+from adacomed.train.cotrain import cotrain_epoch
 from adacomed.train.data import TaskData, load_large, small_tensors
-from adacomed.train.loop import batches, cotrain_epoch, epoch_generator
 from adacomed.train.losses import task_loss
 from adacomed.train.prepare import load_prepared_inputs
 from adacomed.train.presets import preset_for
+from adacomed.train.runtime import batches, epoch_generator
 from adacomed.train.small_model import CROP_SIZE, IMAGE_MEAN, IMAGE_STD, SmallModel
 
 LARGE_DIMS = {"xray": 1536, "notes": 5120, "timeseries": 1024}  # DINOv2 ViT-g, Me-LLaMA-13B, MOIRAI-large

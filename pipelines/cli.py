@@ -45,11 +45,26 @@ def mmist(
     ct_root: Path = typer.Option(None, "--ct-root", help="Raw CT DICOM root (optional; missing files reported)."),
     wsi_root: Path = typer.Option(None, "--wsi-root", help="Raw slide root (optional; missing files reported)."),
     template: Path = typer.Option(None, "--template", help="Replacement clinical prompt template file."),
+    small_inputs: str = typer.Option(
+        "clinical",
+        "--small-inputs",
+        help="What the small model reads: clinical (the table's fields; default, measured better) or "
+        "clinical+imaging (also the release's CT 512 / WSI 1024 vectors, as supplement 4.2 lists them).",
+    ),
 ) -> None:
     """The MMIST ccRCC release as a manifest (task vital12)."""
     from .mmist import build_mmist_cohort
 
-    _build(build_mmist_cohort, root, out, cohort=cohort, ct_root=ct_root, wsi_root=wsi_root, template=template)
+    _build(
+        build_mmist_cohort,
+        root,
+        out,
+        cohort=cohort,
+        ct_root=ct_root,
+        wsi_root=wsi_root,
+        template=template,
+        small_inputs=small_inputs,
+    )
 
 
 @app.command("mimic-iv-mm")

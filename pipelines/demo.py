@@ -21,6 +21,7 @@ import pandas as pd
 from rich.progress import Progress
 
 from ..cache_schema import Manifest, ManifestInfo, ModalitySource, SmallInput, TaskSpec
+from ..cache_schema.splits import split_subjects
 from . import demo_media as media
 from .demo_records import RACE_COLUMNS, clinical_table, progress_note
 
@@ -98,17 +99,9 @@ def _sample_labels(rng: np.random.Generator, risk: float) -> dict[str, float]:
 
 
 def _assign_splits(subject_mortality: np.ndarray, seed: int) -> np.ndarray:
-    """70/15/15 by subject, stratified on whether the subject ever died."""
-    rng = _rng(seed, 0, "split")
-    splits = np.empty(len(subject_mortality), dtype=object)
-    for stratum in (0.0, 1.0):
-        members = rng.permutation(np.flatnonzero(subject_mortality == stratum))
-        n = len(members)
-        cut_train, cut_val = round(0.7 * n), round(0.85 * n)
-        splits[members[:cut_train]] = "train"
-        splits[members[cut_train:cut_val]] = "val"
-        splits[members[cut_val:]] = "test"
-    return splits
+    """70/15/15 by subject, stratified on whether the subject ever died (the project's one subject-level split)."""
+    subjects = [f"subj-{i + 1}" for i in range(len(subject_mortality))]
+    return split_subjects(subjects, {"train": 0.7, "val": 0.15, "test": 0.15}, seed, subject_mortality)
 
 
 def _manifest_info(modalities: tuple[str, ...], subjects: int, seed: int) -> ManifestInfo:

@@ -1,6 +1,6 @@
 """Evaluation protocols, simple baselines on the same folds, and a markdown report comparing methods.
 
-Protocols:
+Protocols (every split by subject, through the project's one subject-level split, ``cache_schema.splits``):
 
 - :func:`official_split`: the cohort's own train/test split, with a validation set carved (stratified) from
   train. On MMIST ccRCC the official test split holds only 16 deaths (4 in the CT subset of 239 patients), so one
@@ -13,11 +13,13 @@ imbalance an unweighted model predicts the majority class at 0.5, so Acc/mAR/mF1
 AUPRC do not depend on the weighting much), L2 strength picked per fold from a small grid by validation AUROC,
 then scored once on the fold's test set. Feature sets come from the manifest's small-model declarations:
 ``clinical_lr`` (categorical and ordinal fields one-hot with a missing column, numerical fields median-imputed
-with a missing flag), ``imaging_lr`` (the ``vector`` inputs, e.g. MMIST's shipped CT 512 + WSI 1024 features,
-median-imputed with a has-vector flag), ``imaging_clinical_lr`` (both).
+with a missing flag; any cohort with such fields), ``imaging_lr`` (the ``vector`` inputs, e.g. MMIST's shipped
+CT 512 + WSI 1024 features, median-imputed with a has-vector flag), ``imaging_clinical_lr`` (both). A baseline
+whose inputs the manifest does not declare does not apply (:func:`applicable_baselines` says why).
 
-Metric names: Acc, AUROC, AUPRC, mAP (macro precision), mAR (macro recall), mF1 (macro F1); label 1 is the
-positive class (for ``vital12`` that is survival), threshold 0.5 on the predicted probability.
+Metric names: Acc, AUROC, AUPRC, mAP (macro precision), mAR (macro recall), mF1 (macro F1), computed by the
+project's one implementation (``train/metrics.py``); label 1 is the positive class (for ``vital12`` that is
+survival), threshold 0.5 on the predicted probability.
 """
 
 from __future__ import annotations
@@ -30,18 +32,15 @@ import numpy as np
 import pandas as pd
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from ..cache_schema.atomic import atomic_write_text
 from ..cache_schema.manifest import Manifest
+from ..cache_schema.splits import split_subjects, subject_folds
+from ..train import metrics as train_metrics
 
 METRICS = ("Acc", "AUROC", "AUPRC", "mAP", "mAR", "mF1")
 BASELINES = ("clinical_lr", "imaging_lr", "imaging_clinical_lr")
@@ -71,21 +70,22 @@ def _labelled(manifest: Manifest, task: str) -> pd.DataFrame:
 
 
 def _subject_labels(frame: pd.DataFrame) -> pd.Series:
-    """One label per subject (positive if any of its samples is) for subject-level stratification."""
+    """One label per subject (positive if any of its samples is)."""
     return frame.groupby("subject_id", sort=True)["label"].max().astype(int)
 
 
-def _carve_val(frame: pd.DataFrame, subjects: np.ndarray, val_fraction: float, seed: int) -> tuple[list, list]:
-    per_subject = _subject_labels(frame[frame["subject_id"].isin(subjects)])
-    stratify = per_subject.to_numpy() if per_subject.value_counts().min() >= 2 else None
-    train_s, val_s = train_test_split(
-        per_subject.index.to_numpy(), test_size=val_fraction, random_state=seed, stratify=stratify
+def _carve_val(frame: pd.DataFrame, val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(train, val) sample ids of ``frame``: whole subjects, stratified on the subject's label (the project's
+    one subject-level split, :func:`adacomed.cache_schema.splits.split_subjects`)."""
+    parts = split_subjects(
+        frame["subject_id"].tolist(),
+        {"train": 1.0 - val_fraction, "val": val_fraction},
+        seed=seed,
+        strata=frame["label"].tolist(),
+        at_least_one=True,
     )
-    return _samples(frame, train_s), _samples(frame, val_s)
-
-
-def _samples(frame: pd.DataFrame, subjects: np.ndarray) -> list[str]:
-    return frame.loc[frame["subject_id"].isin(set(subjects)), "sample_id"].tolist()
+    ids = frame["sample_id"].to_numpy()
+    return ids[parts == "train"].tolist(), ids[parts == "val"].tolist()
 
 
 def official_split(manifest: Manifest, task: str = "vital12", val_fraction: float = 0.2, seed: int = 0) -> list[Fold]:
@@ -98,8 +98,7 @@ def official_split(manifest: Manifest, task: str = "vital12", val_fraction: floa
         train = frame.loc[frame["split"] == "train", "sample_id"].tolist()
         val = frame.loc[frame["split"] == "val", "sample_id"].tolist()
     else:
-        subjects = frame.loc[frame["split"] == "train", "subject_id"].unique()
-        train, val = _carve_val(frame, subjects, val_fraction, seed)
+        train, val = _carve_val(frame[frame["split"] == "train"], val_fraction, seed)
     return [Fold("official", 0, 0, train, val, test)]
 
 
@@ -111,7 +110,11 @@ def repeated_stratified_kfold(
     seed: int = 0,
     val_fraction: float = 0.2,
 ) -> list[Fold]:
-    """n_repeats x n_splits folds over all labelled samples, stratified by label, split by subject; deterministic."""
+    """n_repeats x n_splits folds over all labelled samples, stratified by label, split by subject; deterministic.
+
+    Subjects are dealt into folds per repeat (:func:`~adacomed.cache_schema.splits.subject_folds`); each fold's
+    validation set is carved from its train part the way the trainer carves one.
+    """
     frame = _labelled(manifest, task)
     per_subject = _subject_labels(frame)
     if per_subject.value_counts().min() < n_splits:
@@ -119,35 +122,26 @@ def repeated_stratified_kfold(
             f"task {task!r}: the rarer class has {per_subject.value_counts().min()} subjects, "
             f"fewer than n_splits={n_splits}"
         )
-    subjects = per_subject.index.to_numpy()
     folds: list[Fold] = []
     for repeat in range(n_repeats):
-        splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed + repeat)
-        for index, (train_idx, test_idx) in enumerate(splitter.split(subjects, per_subject.to_numpy())):
-            train, val = _carve_val(frame, subjects[train_idx], val_fraction, seed * 1000 + repeat * 100 + index)
-            test = _samples(frame, subjects[test_idx])
+        fold_of = subject_folds(frame["subject_id"].tolist(), n_splits, seed * 1000 + repeat, frame["label"].tolist())
+        for index in range(n_splits):
+            train, val = _carve_val(frame[fold_of != index], val_fraction, seed * 1000 + repeat * 100 + index)
+            test = frame.loc[fold_of == index, "sample_id"].tolist()
             folds.append(Fold(f"r{repeat}f{index}", repeat, index, train, val, test))
     return folds
 
 
 # -------------------------------------------------------------------------------------------------- metrics
+# train/metrics.py's names -> this module's (the report's) names.
+METRIC_KEYS = {"acc": "Acc", "auroc": "AUROC", "auprc": "AUPRC", "mAP": "mAP", "mAR": "mAR", "mF1": "mF1"}
+
+
 def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """Acc, AUROC, AUPRC (label 1 positive), and macro precision/recall/F1 at ``threshold``."""
-    labels = np.asarray(labels, dtype=int)
-    probabilities = np.asarray(probabilities, dtype=float)
-    predicted = (probabilities >= threshold).astype(int)
-    two_classes = len(np.unique(labels)) == 2
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        labels, predicted, average="macro", labels=[0, 1], zero_division=0
-    )
-    return {
-        "Acc": float(accuracy_score(labels, predicted)),
-        "AUROC": float(roc_auc_score(labels, probabilities)) if two_classes else float("nan"),
-        "AUPRC": float(average_precision_score(labels, probabilities)) if two_classes else float("nan"),
-        "mAP": float(precision),
-        "mAR": float(recall),
-        "mF1": float(f1),
-    }
+    """Acc, AUROC, AUPRC (label 1 positive), and macro precision/recall/F1 at ``threshold``: the project's one
+    implementation (:func:`adacomed.train.metrics.binary_metrics`) under the report's names."""
+    scores = train_metrics.binary_metrics(labels, probabilities, threshold)
+    return {METRIC_KEYS[key]: value for key, value in scores.items()}
 
 
 # ------------------------------------------------------------------------------------------------- features
@@ -234,21 +228,47 @@ def _fit_predict(x: pd.DataFrame, labels: pd.Series, fold: Fold) -> np.ndarray:
     return best_model.predict_proba(x.loc[fold.test].to_numpy())[:, 1]
 
 
-def run_baselines(
-    manifest: Manifest, task: str, folds: Sequence[Fold], methods: Sequence[str] = BASELINES
-) -> pd.DataFrame:
-    """Per-fold metrics of each baseline: columns method, fold, repeat, index, n_test, n_test_neg + METRICS."""
+def baseline_inputs(manifest: Manifest) -> dict[str, str]:
+    """Which feature sets this manifest offers: ``clinical`` (tabular small inputs) and ``imaging`` (vector small
+    inputs); a missing one maps to the reason its baselines do not apply."""
+    kinds = {spec.kind for spec in manifest.info.small_inputs.values()}
+    missing = {}
+    if not kinds & {"categorical", "ordinal", "numerical"}:
+        missing["clinical"] = "the manifest declares no categorical, ordinal or numerical small inputs"
+    if "vector" not in kinds:
+        missing["imaging"] = "the manifest declares no vector small inputs"
+    return missing
+
+
+def applicable_baselines(manifest: Manifest, methods: Sequence[str] = BASELINES) -> tuple[list[str], dict[str, str]]:
+    """(the baselines this manifest can run, {skipped baseline: why})."""
     unknown = [m for m in methods if m not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; known: {list(BASELINES)}")
+    missing = baseline_inputs(manifest)
+    skipped = {method: reason for method in methods for needed, reason in missing.items() if needed in method}
+    return [m for m in methods if m not in skipped], skipped
+
+
+def run_baselines(
+    manifest: Manifest, task: str, folds: Sequence[Fold], methods: Sequence[str] = BASELINES
+) -> pd.DataFrame:
+    """Per-fold metrics of each baseline: columns method, fold, repeat, index, n_test, n_test_neg + METRICS.
+
+    Every baseline named must apply to this manifest (see :func:`applicable_baselines`).
+    """
+    runnable, skipped = applicable_baselines(manifest, methods)
+    if skipped:
+        method, reason = next(iter(skipped.items()))
+        raise ValueError(f"baseline {method!r} does not apply: {reason}")
     labels = manifest.labels(task)
     feature_sets: dict[str, pd.DataFrame] = {}
-    if any("clinical" in m for m in methods):
+    if any("clinical" in m for m in runnable):
         feature_sets["clinical"] = clinical_features(manifest)
-    if any("imaging" in m for m in methods):
+    if any("imaging" in m for m in runnable):
         feature_sets["imaging"] = vector_features(manifest)
     rows = []
-    for method in methods:
+    for method in runnable:
         if method == "clinical_lr":
             x = feature_sets["clinical"]
         elif method == "imaging_lr":
@@ -355,7 +375,6 @@ def write_report(
     for fold, row in pivot.iterrows():
         lines.append(f"| {fold} | " + " | ".join(f"{v:.4f}" for v in row) + " |")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    compared.to_csv(out.with_suffix(".csv"), index=False)
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    atomic_write_text(out.with_suffix(".csv"), compared.to_csv(index=False))
     return out

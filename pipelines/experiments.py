@@ -16,23 +16,40 @@ Layout under ``out``::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import multiprocessing
+import os
+import resource
+import time
+import warnings
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import tomllib
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..cache_schema import Manifest
-from ..train.checkpoint import read_meta
-from ..train.config import TrainConfig, apply_overrides, resolved_dict
-from ..train.loop import train_run
-from .evaluation import BASELINES, Fold, official_split, repeated_stratified_kfold, run_baselines, write_report
+from ..cache_schema.atomic import atomic_write_json, atomic_write_text
+from ..train.config import TrainConfig, apply_overrides, resolved_dict, small_model_dict
+from ..train.loop import run_warnings, train_run, train_small_model
+from ..train.report import SELECTION_WORDS
+from .evaluation import (
+    BASELINES,
+    Fold,
+    applicable_baselines,
+    official_split,
+    repeated_stratified_kfold,
+    run_baselines,
+    write_report,
+)
 
 PROTOCOLS = ("cv", "official")
 # metrics.json (train/metrics.py names) -> the evaluation module's names, so both kinds of rows share columns.
@@ -124,7 +141,14 @@ def _fold_row(metrics: dict[str, Any], fold: Fold, weighting: str, threshold: st
     return row
 
 
-def _run_fold(manifest: Manifest, config: TrainConfig, task: str, fold: Fold, fold_dir: Path) -> dict[str, Any]:
+def _run_fold(
+    manifest: Manifest,
+    config: TrainConfig,
+    task: str,
+    fold: Fold,
+    fold_dir: Path,
+    small_models: Path | None = None,
+) -> dict[str, Any]:
     """Train one fold unless its run finished; an interrupted run continues from its last checkpoint."""
     run_dir = fold_dir / "run"
     record = _fold_record(fold)
@@ -135,6 +159,13 @@ def _run_fold(manifest: Manifest, config: TrainConfig, task: str, fold: Fold, fo
             "choose another output folder"
         )
     config = dataclasses.replace(config, out=str(run_dir), manifest=str(fold_dir / "manifest.parquet"))
+    shared = small_models is not None and not config.small_checkpoint
+    if shared:
+        identity = json.dumps({"fold": _fold_record(fold), "small_model": small_model_dict(config)}, sort_keys=True)
+        key = hashlib.sha256(identity.encode()).hexdigest()[:16]
+        config = dataclasses.replace(
+            config, small_checkpoint=str(small_models / fold.name / key / "small_model.safetensors")
+        )
     metrics_path = run_dir / "metrics.json"
     if metrics_path.exists():
         previous = _comparable(tomllib.loads((run_dir / "config.toml").read_text()))
@@ -148,12 +179,13 @@ def _run_fold(manifest: Manifest, config: TrainConfig, task: str, fold: Fold, fo
     fold_dir.mkdir(parents=True, exist_ok=True)
     copy = fold_manifest(manifest, task, fold)
     copy.write(fold_dir / "manifest.parquet")
-    record_path.write_text(json.dumps(record))
-    resume = read_meta(run_dir / "checkpoints", "last") is not None
+    atomic_write_json(record_path, record)
     with open(fold_dir / "train.log", "a", encoding="utf-8") as log:
-        result = train_run(
-            dataclasses.replace(config, resume=resume), console=Console(file=log, width=160), manifest=copy
-        )
+        console = Console(file=log, width=160)
+        if shared:  # stage (a) once per fold, shared by every variant (it does not depend on co-training settings)
+            small_dir = Path(config.small_checkpoint).parent
+            train_small_model(dataclasses.replace(config, out=str(small_dir)), console=console, manifest=copy)
+        result = train_run(dataclasses.replace(config, resume=True), console=console, manifest=copy)
     return result.metrics
 
 
@@ -166,8 +198,8 @@ def _base_config(
     weighting: str,
     seed: int,
 ) -> TrainConfig:
-    """Defaults < ``--set`` overrides < the arguments of this experiment."""
-    config = apply_overrides(TrainConfig(), list(overrides))
+    """Defaults (no plots per fold) < ``--set`` overrides < the arguments of this experiment."""
+    config = apply_overrides(TrainConfig(plots=False), list(overrides))
     return dataclasses.replace(
         config,
         task=task,
@@ -191,13 +223,53 @@ def run_adacomed_folds(
     seed: int = 0,
     threshold: str = "0.5",
     console: Console | None = None,
+    small_models: str | Path | None = None,
+    jobs: int = 1,
 ) -> pd.DataFrame:
     """Train AdaCoMed on every fold; per-fold test metrics in :func:`run_baselines`' columns (plus diagnostics).
 
     ``threshold`` picks the test operating point for Acc/mAP/mAR/mF1: ``0.5`` (like the baselines) or ``val``
     (the macro-F1 threshold chosen on the fold's validation set). A fold whose ``run/metrics.json`` exists is
-    read, not rerun (after checking it was trained with the same fold and settings).
+    read, not rerun (after checking it was trained with the same fold and settings). Each fold's small model is
+    trained once under ``small_models`` (default: ``small-models`` beside ``out``) and shared by every variant
+    run there with the same small-model settings: stage (a) does not depend on the co-training settings.
     """
+    out = Path(out)
+    shared = Path(small_models) if small_models is not None else out.parent / "small-models"
+    frames = run_variants(
+        manifest_path,
+        cache,
+        task,
+        folds,
+        {weighting: out},
+        modalities,
+        overrides,
+        seed,
+        threshold,
+        console,
+        shared,
+        jobs,
+    )
+    return frames[weighting]
+
+
+def run_variants(
+    manifest_path: str | Path,
+    cache: str | Path,
+    task: str,
+    folds: Sequence[Fold],
+    outs: dict[str, Path],
+    modalities: Sequence[str],
+    overrides: Sequence[str],
+    seed: int,
+    threshold: str,
+    console: Console | None,
+    small_models: Path,
+    jobs: int = 1,
+) -> dict[str, pd.DataFrame]:
+    """Every weighting of ``outs`` (weighting -> its folder) on every fold, fold by fold: the fold's small model,
+    then each variant. ``jobs`` > 1 runs that many folds at once in worker processes. Every fold run uses one
+    torch thread (tiny models: more threads only contend), so results do not depend on ``jobs``."""
     if threshold not in THRESHOLDS:
         raise ValueError(f"threshold {threshold!r} is not one of {list(THRESHOLDS)}")
     if not folds:
@@ -206,21 +278,54 @@ def run_adacomed_folds(
     if len(set(names)) != len(names):
         raise ValueError(f"fold names repeat: {sorted({n for n in names if names.count(n) > 1})}")
     console = console or Console(stderr=True)
-    manifest_path, cache, out = Path(manifest_path), Path(cache), Path(out)
+    manifest_path, cache = Path(manifest_path), Path(cache)
     manifest = Manifest.read(manifest_path)
     if task not in manifest.info.tasks:
         raise ValueError(f"task {task!r} is not declared in {manifest_path}; declared: {sorted(manifest.info.tasks)}")
-    config = _base_config(manifest_path, cache, task, modalities, overrides, weighting, seed)
-    rows = []
+    variants = [
+        (weighting, _base_config(manifest_path, cache, task, modalities, overrides, weighting, seed), Path(out))
+        for weighting, out in outs.items()
+    ]
+    jobs_of = {fold.name: (manifest_path, task, fold, variants, small_models) for fold in folds}
+    results: dict[str, dict[str, dict[str, Any]]] = {}
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    label = ", ".join(method_name(w) for w in outs)
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task(f"{method_name(weighting)} folds", total=len(folds))
-        for fold in folds:
-            progress.update(bar, description=f"{method_name(weighting)} fold {fold.name}")
-            metrics = _run_fold(manifest, config, task, fold, out / "folds" / fold.name)
-            rows.append(_fold_row(metrics, fold, weighting, threshold))
-            progress.advance(bar)
-    return pd.DataFrame(rows)
+        bar = progress.add_task(f"{label}: folds", total=len(folds))
+        if jobs <= 1:
+            for fold in folds:
+                progress.update(bar, description=f"{label}: fold {fold.name}")
+                results[fold.name] = _fold_job(*jobs_of[fold.name])
+                progress.advance(bar)
+        else:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+                pending = {pool.submit(_fold_job, *job): name for name, job in jobs_of.items()}
+                for done in as_completed(pending):
+                    results[pending[done]] = done.result()
+                    progress.advance(bar)
+    return {
+        weighting: pd.DataFrame([_fold_row(results[f.name][weighting], f, weighting, threshold) for f in folds])
+        for weighting in outs
+    }
+
+
+def _fold_job(
+    manifest_path: Path, task: str, fold: Fold, variants: list[tuple[str, TrainConfig, Path]], small_models: Path
+) -> dict[str, dict[str, Any]]:
+    """One fold, every variant (in this process or a worker): weighting -> the run's metrics."""
+    manifest = Manifest.read(manifest_path)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a degenerate preset is said once, in the report
+            return {
+                weighting: _run_fold(manifest, config, task, fold, out / "folds" / fold.name, small_models)
+                for weighting, config, out in variants
+            }
+    finally:
+        torch.set_num_threads(previous)
 
 
 # ------------------------------------------------------------------------------------------------ comparison
@@ -305,7 +410,7 @@ def verdict_lines(frames: dict[str, pd.DataFrame], primary: str = "AUROC") -> li
 def _insert_after_title(report: Path, lines: list[str]) -> None:
     text = report.read_text(encoding="utf-8").split("\n")
     body = text[:2] + ["## Cohort and verdict", ""] + [f"{line}\n" for line in lines] + text[2:]
-    report.write_text("\n".join(body), encoding="utf-8")
+    atomic_write_text(report, "\n".join(body))
 
 
 def compare(
@@ -325,44 +430,75 @@ def compare(
     threshold: str = "0.5",
     report: str | Path | None = None,
     console: Console | None = None,
+    command: str | None = None,
+    jobs: int = 1,
 ) -> tuple[Path, pd.DataFrame]:
     """Baselines and AdaCoMed (one run per weighting) on the same folds; writes the report and returns it.
 
-    AdaCoMed runs go to ``out/adacomed-<weighting>/folds/<fold>/``; the report (default ``out/report.md``, its
-    per-fold CSV beside it) ranks every method by AUROC and says whether AdaCoMed beats the baselines.
+    AdaCoMed runs go to ``out/adacomed-<weighting>/folds/<fold>/`` and share one small model per fold
+    (``out/small-models/``); the report (default ``out/report.md``, its per-fold CSV beside it) ranks every method
+    by AUROC, says whether AdaCoMed beats the baselines, and how long the comparison took. Baselines that do not
+    apply to the cohort (no vector small inputs: no imaging baselines) are skipped with a line that says so.
+    ``command`` (how this comparison was started) is printed in the report; ``jobs`` folds run at once.
     """
     if not weightings and not baselines:
         raise ValueError("nothing to compare: no weighting and no baseline")
+    started_wall, started_cpu = time.perf_counter(), _cpu_seconds()
     console = console or Console(stderr=True)
     out = Path(out)
     manifest = Manifest.read(manifest_path)
     folds = make_folds(manifest, task, protocol, n_splits, n_repeats, seed)
     frames: dict[str, pd.DataFrame] = {}
-    if baselines:
-        console.print(f"baselines {list(baselines)} on {len(folds)} folds")
-        scored = run_baselines(manifest, task, folds, methods=baselines)
-        frames.update({method: scored[scored["method"] == method] for method in baselines})
-    for weighting in dict.fromkeys(weightings):
-        frames[method_name(weighting)] = run_adacomed_folds(
+    runnable, skipped = applicable_baselines(manifest, baselines)
+    notes = [f"Skipped baseline {method}: {reason}." for method, reason in skipped.items()]
+    for line in notes:
+        console.print(line, markup=False, highlight=False)
+    if runnable:
+        console.print(f"baselines {runnable} on {len(folds)} folds")
+        scored = run_baselines(manifest, task, folds, methods=runnable)
+        frames.update({method: scored[scored["method"] == method] for method in runnable})
+    if weightings:
+        outs = {weighting: out / method_name(weighting) for weighting in dict.fromkeys(weightings)}
+        ours = run_variants(
             manifest_path,
             cache,
             task,
             folds,
-            out / method_name(weighting),
-            modalities=modalities,
-            overrides=overrides,
-            weighting=weighting,
-            seed=seed,
-            threshold=threshold,
-            console=console,
+            outs,
+            modalities,
+            overrides,
+            seed,
+            threshold,
+            console,
+            out / "small-models",
+            jobs,
         )
+        frames.update({method_name(weighting): frame for weighting, frame in ours.items()})
+    if not frames:
+        raise ValueError("nothing to compare: every baseline was skipped and no weighting was given")
     report_path = Path(report) if report is not None else out / "report.md"
     title = f"AdaCoMed vs baselines: {manifest.info.cohort} `{task}`, {protocol} protocol"
     write_report(frames, report_path, primary="AUROC", title=title)
+    config = _base_config(Path(manifest_path), Path(cache), task, modalities, overrides, "inverse", seed)
     settings = [
         f"AdaCoMed settings: modalities {list(modalities) or 'all cached'}, overrides {list(overrides) or 'none'}, "
-        f"seed {seed}; Acc/mAP/mAR/mF1 at threshold "
-        + ("0.5 (baselines: 0.5 with balanced class weights)." if threshold == "0.5" else "chosen on validation.")
+        f"seed {seed}; co-training epoch chosen by {SELECTION_WORDS[config.selection]}; Acc/mAP/mAR/mF1 at "
+        "threshold "
+        + ("0.5 (baselines: 0.5 with balanced class weights)." if threshold == "0.5" else "chosen on validation."),
+        *notes,
+        *(
+            f"Warning (preset of `{method_name(w)}`): {message}."
+            for w in dict.fromkeys(weightings)
+            for message in run_warnings(dataclasses.replace(config, weighting=w))
+        ),
+        f"Time: {time.perf_counter() - started_wall:.0f} s wall, {_cpu_seconds() - started_cpu:.0f} s CPU "
+        f"(this process and its {jobs if jobs > 1 else 'no'} worker processes; {os.cpu_count()} cores)."
+        + (f" Command: `{command}`." if command else ""),
     ]
     _insert_after_title(report_path, cohort_lines(manifest, task, folds, protocol) + verdict_lines(frames) + settings)
     return report_path, pd.concat(frames.values(), ignore_index=True)
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 
 import typer
@@ -32,13 +34,17 @@ def compare(
         ["inverse"], "--weighting", help="AdaCoMed weighting to run (repeatable): inverse, small-only, large-only, ..."
     ),
     baseline: list[str] = typer.Option(
-        None, "--baseline", help="Baselines to run (repeatable; default all: clinical_lr, imaging_lr, ...)."
+        None,
+        "--baseline",
+        help="Baselines to run (repeatable; default all that apply: clinical_lr needs tabular small inputs, "
+        "imaging_lr and imaging_clinical_lr vector ones; the others are skipped with a line saying so).",
     ),
     no_baselines: bool = typer.Option(False, "--no-baselines", help="Run AdaCoMed only."),
     set_: list[str] = typer.Option([], "--set", help="Training config override key=value (repeatable)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the folds and of every run."),
     threshold: str = typer.Option("0.5", "--threshold", help="AdaCoMed's test operating point: 0.5 or val."),
     report: Path = typer.Option(None, "--report", help="Report path (default OUT/report.md; a CSV goes beside it)."),
+    jobs: int = typer.Option(1, "--jobs", help="Folds trained at once, in worker processes (results do not change)."),
 ) -> None:
     """Run the baselines and AdaCoMed on the same folds and write a report naming the best method."""
     from ..train.checkpoint import ResumeError
@@ -65,6 +71,8 @@ def compare(
             threshold=threshold,
             report=report,
             console=console,
+            command=" ".join(["adacomed-eval", *(shlex.quote(arg) for arg in sys.argv[1:])]),
+            jobs=jobs,
         )
     except (ConfigError, DataError, ResumeError, CacheError, ValueError, FileNotFoundError) as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False)

@@ -48,7 +48,6 @@ by the ratios, so the result is deterministic and a subject's rows never straddl
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import logging
 import os
@@ -69,6 +68,7 @@ from ..cache_schema.manifest import (
     SmallInput,
     TaskSpec,
 )
+from ..cache_schema.splits import split_subjects
 from .prompts import PromptError, prompts_from_mapping
 
 log = logging.getLogger(__name__)
@@ -206,20 +206,15 @@ def _splits_from_column(df: pd.DataFrame, ids: pd.Series, column: str, values: M
 
 
 def assign_splits(subjects: pd.Series, ratios: Mapping[str, float], seed: int = 0) -> list[str]:
-    """Split by subject: order subjects by sha256(seed, subject), cut by cumulative ratios (deterministic)."""
+    """Split by subject: the project's one subject-level split (subjects ordered by sha256 of (seed, subject),
+    cut by the ratios; deterministic and independent of row order)."""
     unknown = sorted(set(ratios) - {"train", "val", "test"})
     if unknown or not ratios:
         raise MappingError(f"split_ratios keys must be train/val/test, got {sorted(ratios)}")
-    weights = np.array([float(ratios.get(s, 0.0)) for s in ("train", "val", "test")])
-    if (weights < 0).any() or weights.sum() <= 0:
+    fractions = {s: float(ratios.get(s, 0.0)) for s in ("train", "val", "test")}
+    if any(v < 0 for v in fractions.values()) or sum(fractions.values()) <= 0:
         raise MappingError(f"split_ratios must be non-negative and not all zero, got {dict(ratios)}")
-    unique = sorted(set(subjects.astype(str)))
-    order = sorted(unique, key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
-    bounds = np.round(np.cumsum(weights / weights.sum()) * len(order)).astype(int)
-    assigned: dict[str, str] = {}
-    for rank, subject in enumerate(order):
-        assigned[subject] = ("train", "val", "test")[int(np.searchsorted(bounds, rank, side="right"))]
-    return [assigned[s] for s in subjects.astype(str)]
+    return split_subjects(subjects.astype(str).tolist(), fractions, seed).tolist()
 
 
 def _resolve_root(root: str | None, table_dir: Path, out_dir: Path) -> tuple[Path, str]:

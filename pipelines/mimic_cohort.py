@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..cache_schema.splits import split_subjects
 from .mimic_sources import MimicError, MimicIVTables, parse_mimic_times, read_csv_table
 from .mimic_variables import VariableSet
 
@@ -180,19 +181,12 @@ def select_cohort(adm: pd.DataFrame, icu_ids: set[int] | None, counts: CohortCou
 def assign_splits(cohort: pd.DataFrame, seed: int) -> pd.Series:
     """70/15/15 by subject, seeded, stratified by whether the subject has any mortality / readmission positive.
 
-    Every admission of a subject lands in the same split, so no patient leaks from train into test.
+    Every admission of a subject lands in the same split, so no patient leaks from train into test (the project's
+    one subject-level split, :func:`adacomed.cache_schema.splits.split_subjects`).
     """
-    per_subject = cohort.groupby("subject_id").agg(
-        mortality=("label_mortality", lambda s: float(np.nanmax(s.to_numpy())) if s.notna().any() else 0.0),
-        readmission=("label_readmission", lambda s: float(np.nanmax(s.to_numpy())) if s.notna().any() else 0.0),
-    )
-    stratum = (per_subject["mortality"] * 2 + per_subject["readmission"]).astype(int)
-    rng = np.random.default_rng(seed)
-    split_of: dict[int, str] = {}
-    bounds = np.cumsum(SPLIT_FRACTIONS)
-    for _, subjects in sorted(stratum.groupby(stratum).groups.items()):
-        order = rng.permutation(np.asarray(sorted(subjects)))
-        position = (np.arange(len(order)) + 0.5) / len(order)
-        names = np.where(position < bounds[0], "train", np.where(position < bounds[1], "val", "test"))
-        split_of.update(zip(order.tolist(), names.tolist(), strict=True))
-    return cohort["subject_id"].map(split_of)
+    mortality = cohort["label_mortality"].fillna(0).to_numpy(dtype=float)
+    readmission = cohort["label_readmission"].fillna(0).to_numpy(dtype=float)
+    stratum = mortality * 2 + readmission  # a subject's stratum: the max over its admissions
+    fractions = dict(zip(("train", "val", "test"), SPLIT_FRACTIONS))
+    parts = split_subjects(cohort["subject_id"].astype(str).tolist(), fractions, seed, stratum)
+    return pd.Series(parts, index=cohort.index, dtype=object)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import numpy as np
 import pandas as pd
 from rich.progress import Progress
 
+from ..cache_schema.atomic import atomic_write_bytes
 from .mimic_cohort import AGE_LEVELS
 from .mimic_sources import MimicIVTables, parse_mimic_times, read_csv_chunks
 from .mimic_variables import EventItem, VariableSet
@@ -236,13 +236,11 @@ def collect_events(
 
 
 def _atomic_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Temp file + rename, so a crash never leaves a half grid; no fsync per file (tens of thousands of them),
-    the manifest written last with fsync is what marks the build complete."""
+    """Temp file + rename (cache_schema.atomic), so a crash never leaves a half grid; no fsync per file (tens of
+    thousands of them), the manifest written last with fsync is what marks the build complete."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buffer.getvalue(), durable=False)
 
 
 def write_grids(

@@ -67,6 +67,11 @@ ORDINAL_LEVELS: dict[str, list[str]] = {
 }
 NUMERICAL_COLUMNS = ("age_diag",)
 COHORTS = ("ct", "all")
+# What the small model reads. ``clinical`` (default): the table's fields only; the shipped CT/WSI vectors already
+# reach MoME as large embeddings, and giving them to the small model too made it overfit (~48 training deaths):
+# stage-(a) test AUROC 0.678 with them, 0.758 without (5x5 CV, docs/results/mmist_vital12_cv.md).
+# ``clinical+imaging``: also the vectors, as supplement 4.2 lists them.
+SMALL_INPUT_CHOICES = ("clinical", "clinical+imaging")
 
 
 class MMISTError(ValueError):
@@ -229,15 +234,23 @@ def build_mmist_table(
     return table
 
 
-def mmist_info(table: pd.DataFrame, code_dir: Path, cohort: str, raw_notes: str = "") -> ManifestInfo:
+def mmist_info(
+    table: pd.DataFrame, code_dir: Path, cohort: str, raw_notes: str = "", small_inputs: str = "clinical"
+) -> ManifestInfo:
     """Declarations for an MMIST table: task, modalities, small inputs, and notes with the class balance."""
+    if small_inputs not in SMALL_INPUT_CHOICES:
+        raise MMISTError(f"small inputs {small_inputs!r} is not one of {list(SMALL_INPUT_CHOICES)}")
     code_dir = Path(code_dir).resolve()
     ct_dir, wsi_dir = str(code_dir / CT_FEATURES_DIR), str(code_dir / WSI_FEATURES_DIR)
-    small: dict[str, SmallInput] = {
-        "ct_vector": SmallInput("ct_features", "vector", {"root": ct_dir, "key": "arr_0", "dim": CT_FEATURE_DIM}),
-        "wsi_vector": SmallInput("wsi_features", "vector", {"root": wsi_dir, "key": "arr_0", "dim": WSI_FEATURE_DIM}),
-        "race": SmallInput("race", "categorical", {"categories": list(RACE_COLUMNS.values())}),
-    }
+    small: dict[str, SmallInput] = {}
+    if small_inputs == "clinical+imaging":
+        small["ct_vector"] = SmallInput(
+            "ct_features", "vector", {"root": ct_dir, "key": "arr_0", "dim": CT_FEATURE_DIM}
+        )
+        small["wsi_vector"] = SmallInput(
+            "wsi_features", "vector", {"root": wsi_dir, "key": "arr_0", "dim": WSI_FEATURE_DIM}
+        )
+    small["race"] = SmallInput("race", "categorical", {"categories": list(RACE_COLUMNS.values())})
     for column in CATEGORICAL_COLUMNS:
         categories = ["1"] if column == "cancer_history" else ["0", "1"]
         small[column.lower()] = SmallInput(column, "categorical", {"categories": categories})
@@ -256,7 +269,12 @@ def mmist_info(table: pd.DataFrame, code_dir: Path, cohort: str, raw_notes: str 
         f"12 months (survived, the positive class), 0 = died within 12 months. Class balance (survived/died): "
         f"{balance}. No official validation split; the official test split is small in deaths. age_diag is a bin "
         "code (1-8), not an age; -1 and blank cells are missing; cancer_history is 1 or blank (blank = missing). "
-        "Small-model vectors: CT npz (1,1,512,1) and WSI npz (1,1024), key arr_0, flatten to 1-D."
+        f"Small-model inputs: {small_inputs}"
+        + (
+            " (CT npz (1,1,512,1) and WSI npz (1,1024) vectors, key arr_0, flattened to 1-D)."
+            if small_inputs == "clinical+imaging"
+            else " (the table's fields; the CT/WSI vectors reach the model as large embeddings only)."
+        )
     )
     if raw_notes:
         notes += " " + raw_notes
@@ -286,6 +304,7 @@ def build_mmist_cohort(
     ct_root: Path | None = None,
     wsi_root: Path | None = None,
     template: Path | None = None,
+    small_inputs: str = "clinical",
 ) -> Path:
     """Build the MMIST ccRCC manifest and return its path.
 
@@ -296,6 +315,8 @@ def build_mmist_cohort(
         ct_root: folder holding the raw CT DICOM series at the release's ``chosen_exam`` paths (optional).
         wsi_root: folder holding the raw slides (``<slide>.svs``, or ``<gdc id>/<slide>.svs``) (optional).
         template: a replacement clinical prompt template (default: supplement 4.2).
+        small_inputs: ``clinical`` (the table's fields) or ``clinical+imaging`` (also the shipped CT/WSI
+            vectors); see :data:`SMALL_INPUT_CHOICES`.
     """
     out = Path(out)
     manifest_path = out if out.suffix == ".parquet" else out / "manifest.parquet"
@@ -321,7 +342,7 @@ def build_mmist_cohort(
         extra_modalities["wsi"] = ModalitySource("wsi", "path", str(Path(wsi_root).resolve()))
         missing += lost
         raw_notes.append(f"raw WSI: {len(found)} found, {len(lost)} missing")
-    info = mmist_info(table, release.code_dir, cohort, "; ".join(raw_notes))
+    info = mmist_info(table, release.code_dir, cohort, "; ".join(raw_notes), small_inputs)
     info.modalities.update(extra_modalities)
     manifest = Manifest(table, info, base_dir=manifest_path.parent)
     manifest.write(manifest_path)

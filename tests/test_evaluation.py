@@ -11,6 +11,7 @@ import pytest
 from adacomed.cache_schema.manifest import Manifest, ManifestInfo, SmallInput, TaskSpec
 from adacomed.pipelines.evaluation import (
     METRICS,
+    applicable_baselines,
     binary_metrics,
     official_split,
     repeated_stratified_kfold,
@@ -123,3 +124,32 @@ def test_clinical_baseline_on_real_mmist(mmist_root: Path, tmp_path: Path):
     folds = repeated_stratified_kfold(manifest, "vital12", n_splits=5, n_repeats=1, seed=0)
     df = run_baselines(manifest, "vital12", folds, methods=["clinical_lr"])
     assert 0.7 < df["AUROC"].mean() < 0.95
+
+
+def test_baselines_that_do_not_apply_are_named_with_the_reason():
+    manifest = _manifest()
+    runnable, skipped = applicable_baselines(manifest)
+    assert runnable == ["clinical_lr"]
+    assert skipped == {
+        "imaging_lr": "the manifest declares no vector small inputs",
+        "imaging_clinical_lr": "the manifest declares no vector small inputs",
+    }
+    with pytest.raises(ValueError, match="'imaging_lr' does not apply: the manifest declares no vector"):
+        run_baselines(manifest, "y", official_split(manifest, "y"), methods=["imaging_lr"])
+    no_table = Manifest(manifest.table, ManifestInfo(tasks=manifest.info.tasks, small_inputs={}))
+    assert applicable_baselines(no_table, ["clinical_lr"]) == (
+        [],
+        {"clinical_lr": "the manifest declares no categorical, ordinal or numerical small inputs"},
+    )
+    with pytest.raises(ValueError, match="unknown baseline"):
+        applicable_baselines(manifest, ["forest"])
+
+
+def test_metrics_are_the_trainers_under_the_report_names():
+    from adacomed.train.metrics import binary_metrics as train_metrics
+
+    y = np.array([0, 1, 1, 0, 1, 1])
+    p = np.array([0.2, 0.7, 0.4, 0.4, 0.9, 0.6])
+    ours, theirs = binary_metrics(y, p, 0.5), train_metrics(y, p, 0.5)
+    assert list(ours) == list(METRICS)
+    assert [ours[k] for k in METRICS] == [theirs[k] for k in ("acc", "auroc", "auprc", "mAP", "mAR", "mF1")]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import tomllib
 from typer.testing import CliRunner
 
 from adacomed.cache_schema import CacheDir, Fingerprint, Manifest
@@ -87,7 +88,6 @@ def compared(cohort, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd
         out=out,
         overrides=OVERRIDES,
         weightings=("inverse", "small-only"),
-        baselines=("clinical_lr",),
     )
     return report, frame, out
 
@@ -173,6 +173,26 @@ def test_report_names_the_best_method_and_the_class_balance(compared):
     assert "2 folds" in text and "negative" in text and "official test split holds" in text
     csv = pd.read_csv(report.with_suffix(".csv"))
     assert set(csv.method) == {"clinical_lr", "adacomed-inverse", "adacomed-small-only"}
+    # the demo declares no vector small inputs: the imaging baselines are skipped with a line saying so
+    for method in ("imaging_lr", "imaging_clinical_lr"):
+        assert f"Skipped baseline {method}: the manifest declares no vector small inputs." in text
+    assert "co-training epoch chosen by lowest validation loss" in text and "s CPU" in text
+
+
+def test_each_fold_trains_one_small_model_for_every_weighting(compared):
+    _, _, out = compared
+    for fold in ("r0f0", "r0f1"):
+        (small,) = (out / "small-models" / fold).iterdir()  # one small model per fold, whatever the weighting
+        used = {
+            tomllib.loads((out / method / "folds" / fold / "run" / "config.toml").read_text())["small_checkpoint"]
+            for method in ("adacomed-inverse", "adacomed-small-only")
+        }
+        assert used == {str(small / "small_model.safetensors")}
+        runs = [
+            json.loads((out / method / "folds" / fold / "run" / "metrics.json").read_text())
+            for method in ("adacomed-inverse", "adacomed-small-only")
+        ]
+        assert runs[0]["auroc"]["test"]["small_model_stage_a"] == runs[1]["auroc"]["test"]["small_model_stage_a"]
 
 
 def test_cli_compare_resumes_into_the_same_report(cohort, compared, tmp_path):

@@ -166,7 +166,11 @@ def test_manifest_validates_with_labels_splits_and_inputs(mmist_root: Path, tmp_
     assert all(path.is_file() for _, path in manifest.modality_items("ct_features")[:5])
     assert len(manifest.modality_items("clinical")) == n
     small = manifest.info.small_inputs
-    assert small["ct_vector"].kind == "vector" and small["ct_vector"].options["dim"] == 512
+    assert not any(spec.kind == "vector" for spec in small.values())  # default: the clinical fields only
+    with_imaging = build_mmist_cohort(mmist_root, tmp_path / "imaging", cohort=cohort, small_inputs="clinical+imaging")
+    imaging_inputs = Manifest.read(with_imaging).info.small_inputs
+    assert imaging_inputs["ct_vector"].kind == "vector" and imaging_inputs["ct_vector"].options["dim"] == 512
+    assert set(imaging_inputs) - set(small) == {"ct_vector", "wsi_vector"}
     assert small["ajcc_path_tumor_pt"].options["levels"] == [str(i) for i in range(1, 12)]
     assert small["race"].kind == "categorical" and small["age_diag"].kind == "numerical"
     row = table.set_index("sample_id").loc["C3L-00610"]

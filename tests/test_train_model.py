@@ -301,7 +301,7 @@ def _small_batch(batch: int = 3) -> tuple[SmallModelConfig, dict[str, torch.Tens
             "xray": SmallInputSpec(kind="image"),
             "notes": SmallInputSpec(kind="text", vocab_size=50),
             "timeseries": SmallInputSpec(kind="timeseries", n_variables=4),
-            "tabular": SmallInputSpec(kind="tabular", n_categories=[3, 5], n_ordinal=2, n_numerical=1),
+            "tabular": SmallInputSpec(kind="tabular", n_categories=[3, 5], n_levels=[4, 3], n_numerical=1),
             "ct": SmallInputSpec(kind="vector", dim=16),
         },
         hidden_dim=32,
@@ -309,8 +309,7 @@ def _small_batch(batch: int = 3) -> tuple[SmallModelConfig, dict[str, torch.Tens
     generator = torch.Generator().manual_seed(0)
     mask = torch.zeros(batch, 10, dtype=torch.bool)
     mask[:, :6] = True
-    ordinal = torch.rand(batch, 2, generator=generator)
-    ordinal[0, 1] = float("nan")
+    ordinal = torch.tensor([[1, 0], [3, 2], [0, 1]])[:batch]  # level codes, 0 = missing
     values = torch.randn(batch, 12, 4, generator=generator)
     data = {
         "xray.image": torch.randint(0, 256, (batch, 256, 256), dtype=torch.uint8, generator=generator),
@@ -496,6 +495,19 @@ def test_binary_metrics_equal_scikit_learn() -> None:
         assert got["mAR"] == pytest.approx(recall_score(y, pred, average="macro"))
         assert got["mF1"] == pytest.approx(f1_score(y, pred, average="macro"))
     assert math.isnan(binary_metrics(np.zeros(3), np.array([0.1, 0.2, 0.3]))["auroc"])
+    rng = np.random.default_rng(3)
+    for _ in range(20):  # ties, imbalance, thresholds no sample reaches
+        y = rng.integers(0, 2, 40)
+        y[:2] = [0, 1]
+        prob = np.round(rng.uniform(0, 1, 40), 1)
+        threshold = float(rng.choice([0.05, 0.5, 0.95, 1.5]))
+        pred = (prob >= threshold).astype(int)
+        got = binary_metrics(y, prob, threshold=threshold)
+        assert got["auroc"] == pytest.approx(roc_auc_score(y, prob))
+        assert got["auprc"] == pytest.approx(average_precision_score(y, prob))
+        assert got["mAP"] == pytest.approx(precision_score(y, pred, average="macro", zero_division=0))
+        assert got["mAR"] == pytest.approx(recall_score(y, pred, average="macro", zero_division=0))
+        assert got["mF1"] == pytest.approx(f1_score(y, pred, average="macro", zero_division=0))
 
 
 def test_choose_threshold_maximises_macro_f1() -> None:

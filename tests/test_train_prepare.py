@@ -135,9 +135,9 @@ def test_prepare_writes_every_kind_with_train_statistics(cohort: Path) -> None:
     fingerprint = json.loads((prepared.cache_paths["tabular"] / "fingerprint.json").read_text())
     stage, grade = (fingerprint["preprocessing"]["ordinal_order"].index(f) for f in ("stage", "grade"))
     ordinal = a["tabular.ordinal"]
-    np.testing.assert_allclose(ordinal[:, stage], [0, 2 / 3, 1 / 3, 0, 1, 1 / 3])  # declared levels I-IV
-    np.testing.assert_allclose(ordinal[[0, 1, 2, 5], grade], [0.5, 0.0, 1.0, 0.5])  # train levels 1, 2, 3
-    assert np.isnan(ordinal[3, grade]) and np.isnan(ordinal[4, grade])  # missing, and 9 unseen in train
+    assert ordinal[:, stage].tolist() == [1, 3, 2, 1, 4, 2]  # declared levels I-IV -> codes 1-4
+    assert ordinal[[0, 1, 2, 5], grade].tolist() == [2, 1, 3, 2]  # train levels 1, 2, 3
+    assert ordinal[3, grade] == 0 and ordinal[4, grade] == 0  # missing, and 9 unseen in train: code 0
     std = np.std([50.0, 60.0, 70.0, 80.0])
     np.testing.assert_allclose(a["tabular.numerical"][:5, 0], (np.array([50, 60, 70, 80, 1000]) - 65) / std, rtol=1e-6)
     assert np.isnan(a["tabular.numerical"][5, 0])
@@ -148,7 +148,7 @@ def test_prepare_writes_every_kind_with_train_statistics(cohort: Path) -> None:
 
     config = prepared.model_config(hidden_dim=16)
     assert set(config.inputs) == {"xray", "notes", "timeseries", "tabular", "ct", "emb"}
-    assert config.inputs["tabular"].n_categories == [3] and config.inputs["tabular"].n_ordinal == 2
+    assert config.inputs["tabular"].n_categories == [3] and config.inputs["tabular"].n_levels[stage] == 5
     assert config.inputs["timeseries"].n_variables == 2 and config.inputs["ct"].dim == 6
     model = SmallModel(config)
     logits = model(prepared.batch([0, 3, 5]))

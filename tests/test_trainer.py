@@ -14,110 +14,26 @@ import tomllib
 import torch
 from rich.console import Console
 from safetensors.torch import load_file
+from train_helpers import LARGE_DIMS, N_SAMPLES, build_cohort, write_cache
 from typer.testing import CliRunner
 
-from adacomed.cache_schema import CacheDir, Fingerprint, Manifest, ManifestInfo, ModalitySource, SmallInput, TaskSpec
-from adacomed.train.checkpoint import ResumeError, load_checkpoint
+from adacomed.cache_schema import Manifest
+from adacomed.train.checkpoint import ResumeError, encode_tensors
 from adacomed.train.cli import app
-from adacomed.train.collab import CollaborativeModel
 from adacomed.train.config import (
     ConfigError,
     TrainConfig,
     apply_mapping,
     apply_overrides,
     load_config_file,
-    resolved_preset,
 )
+from adacomed.train.cotrain import evaluate, load_model
 from adacomed.train.data import DataError, load_task_data
-from adacomed.train.loop import evaluate, parse_pos_weight, train_run, train_small
+from adacomed.train.loop import setup, train_run
+from adacomed.train.runtime import parse_pos_weight
 from adacomed.train.small_model import SmallModel
+from adacomed.train.small_training import METADATA_KEY, train_small_stage
 from adacomed.train.weighting import WEIGHTINGS
-
-N_SAMPLES = 150
-LARGE_DIMS = {"xray": 24, "notes": 32, "ct_features": 16}
-
-
-def write_cache(root: Path, manifest: Manifest, modality: str, values: dict[str, np.ndarray], **fp_changes) -> None:
-    """Commit one finalised cache of ``values`` (sample id -> vector) the way stage one would."""
-    dim = len(next(iter(values.values())))
-    fields = dict(
-        modality=modality,
-        encoder="synthetic",
-        encoder_version="1",
-        weights="test:synthetic",
-        pooling="none",
-        storage_dtype="float32",
-        dim=dim,
-        input_hash=manifest.input_hash(modality),
-    )
-    fields.update(fp_changes)
-    cache = CacheDir(root, Fingerprint(**fields))
-    ids = sorted(values)
-    plan = cache.initialise(len(ids), rows_per_shard=64)  # several shards: exercises the multi-shard read path
-    for index in range(plan.n_shards):
-        shard_ids = plan.ids_of(ids, index)
-        cache.commit_shard(plan, index, shard_ids, {"embeddings": np.stack([values[s] for s in shard_ids])})
-    assert cache.finalize(plan) is not None
-
-
-def build_cohort(root: Path, with_val: bool = True, nan_sample: str | None = None) -> tuple[Path, Path]:
-    """~150 samples, a latent signal z behind the label, three large modalities (one missing for 20 %)."""
-    rng = np.random.default_rng(7)
-    ids = [f"s{i:03d}" for i in range(N_SAMPLES)]
-    z = rng.normal(size=N_SAMPLES)
-    label = (z + 0.35 * rng.normal(size=N_SAMPLES) > 0).astype(float)
-    label[[5, 17]] = np.nan  # excluded from the task
-    split = np.array(["train"] * 100 + ["val"] * 20 + ["test"] * 30, dtype=object)
-    if not with_val:
-        split[split == "val"] = "train"
-    has_ct = rng.random(N_SAMPLES) > 0.2
-    table = pd.DataFrame(
-        {
-            "sample_id": ids,
-            "subject_id": [f"p{i // 2:03d}" for i in range(N_SAMPLES)],
-            "split": split,
-            "label_mortality": label,
-            "xray_path": [f"cxr/{s}.png" for s in ids],
-            "note_text": [f"synthetic note number {i}" for i in range(N_SAMPLES)],
-            "ct_path": [f"ct/{s}.npz" if has else None for s, has in zip(ids, has_ct)],
-            "clinical_text": [f"age group {i % 5}" for i in range(N_SAMPLES)],
-            "age": 60 + 8 * z + rng.normal(size=N_SAMPLES),
-            "sex": rng.choice(["F", "M"], size=N_SAMPLES),
-            "grade": rng.choice(["G1", "G2", "G3"], size=N_SAMPLES),
-            "labs": [list((0.8 * zi + 0.5 * rng.normal(size=8)).astype(float)) for zi in z],
-        }
-    )
-    info = ManifestInfo(
-        cohort="synthetic",
-        modalities={
-            "xray": ModalitySource(column="xray_path", kind="path", root="."),
-            "notes": ModalitySource(column="note_text", kind="text"),
-            "ct_features": ModalitySource(column="ct_path", kind="path", root="."),
-            "clinical": ModalitySource(column="clinical_text", kind="text"),  # declared, never cached
-        },
-        tasks={"mortality": TaskSpec(column="label_mortality", positive="died in hospital")},
-        small_inputs={
-            "age": SmallInput(column="age", kind="numerical"),
-            "sex": SmallInput(column="sex", kind="categorical"),
-            "grade": SmallInput(column="grade", kind="ordinal", options={"levels": ["G1", "G2", "G3"]}),
-            "labs": SmallInput(column="labs", kind="vector"),
-        },
-    )
-    manifest_path = root / "manifest.parquet"
-    manifest = Manifest(table, info)
-    manifest.write(manifest_path)
-    cache_root = root / "cache"
-    for modality, dim in LARGE_DIMS.items():
-        direction = rng.normal(size=dim)
-        rows = {}
-        for i, sid in enumerate(ids):
-            if modality == "ct_features" and not has_ct[i]:
-                continue
-            rows[sid] = (z[i] * direction + 0.8 * rng.normal(size=dim)).astype(np.float32)
-        if nan_sample is not None and modality == "notes":
-            rows[nan_sample][3] = np.nan
-        write_cache(cache_root, manifest, modality, rows)
-    return manifest_path, cache_root
 
 
 def tiny_config(manifest: Path, cache: Path, out: Path, **changes) -> TrainConfig:
@@ -134,6 +50,7 @@ def tiny_config(manifest: Path, cache: Path, out: Path, **changes) -> TrainConfi
         small_lr=3e-3,
         small_batch_size=32,
         small_hidden_dim=32,
+        checkpoint_seconds=0,
         preset={"proj_dim": 16},
     )
     return dataclasses.replace(base, **changes)
@@ -162,11 +79,18 @@ def test_every_weighting_learns_and_writes_outputs(cohort, tmp_path, weighting):
         "weights.png",
         "small_model.safetensors",
         "small_features.safetensors",
-        "checkpoints/best.safetensors",
-        "checkpoints/last.json",
-        "checkpoints/last.optim.safetensors",
+        "model.safetensors",
+        "checkpoints/small.json",
+        "checkpoints/cotrain.json",
     ):
         assert (run / name).exists(), name
+    assert not (run / ".lock").exists()
+    cotrain = json.loads((run / "checkpoints" / "cotrain.json").read_text())
+    assert set(cotrain["files"]) == {"model", "optimizer", "best"}
+    named = {(run / "checkpoints" / entry["file"]).name for entry in cotrain["files"].values()}
+    small = json.loads((run / "checkpoints" / "small.json").read_text())
+    named |= {(run / "checkpoints" / entry["file"]).name for entry in small["files"].values()}
+    assert {p.name for p in (run / "checkpoints" / "tensors").iterdir()} == named  # nothing unreferenced is left
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["test"]) == {"at_0.5", "at_val_threshold"}
     assert set(metrics["auroc"]["test"]) == {"fused", "large", "small", "small_model_stage_a"}
@@ -216,15 +140,16 @@ def test_same_seed_same_predictions_and_val_carve(tmp_path):
     )
     relabelled = tmp_path / "relabelled"
     relabelled.mkdir()
-    shutil.copy(other.run_dir / "small_model.safetensors", relabelled / "small_model.safetensors")
-    (relabelled / "small_model.json").write_text(json.dumps({**saved, "task": "longstay"}))
+    tensors = load_file(str(other.run_dir / "small_model.safetensors"))
+    metadata = {METADATA_KEY: json.dumps({**saved, "task": "longstay"})}
+    (relabelled / "small_model.safetensors").write_bytes(encode_tensors(tensors, metadata))
     with pytest.raises(ValueError, match="trained for task 'longstay'"):
         train_run(
             tiny_config(
                 manifest, cache, tmp_path / "f", seed=1, small_checkpoint=str(relabelled / "small_model.safetensors")
             )
         )
-    with pytest.raises(FileNotFoundError, match="needs both"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         train_run(tiny_config(manifest, cache, tmp_path / "g", small_checkpoint=str(tmp_path / "none.safetensors")))
 
 
@@ -279,8 +204,11 @@ def test_resume_continues_exactly_and_refuses_changes(cohort, tmp_path):
     write_cache(moved, Manifest.read(manifest), "notes", rows, encoder_version="2")
     with pytest.raises(ResumeError, match="cache of 'notes'"):
         train_run(dataclasses.replace(config, resume=True, cache=str(moved), epochs=6))
-    with pytest.raises(ResumeError, match="no checkpoint"):
-        train_run(tiny_config(manifest, cache, tmp_path / "never", resume=True))
+    # --resume with nothing to resume starts afresh (a requeued job always runs one command) and says so.
+    console = Console(record=True, width=200)
+    fresh = train_run(tiny_config(manifest, cache, tmp_path / "never", resume=True), console=console)
+    assert "holds no checkpoint yet; starting afresh" in console.export_text()
+    pd.testing.assert_frame_equal(full.predictions, fresh.predictions)
 
 
 # ------------------------------------------------------------------------------------- errors before training
@@ -438,7 +366,10 @@ def test_cli_reports_data_errors(cohort, tmp_path):
     written = tomllib.loads((out / "config.toml").read_text())
     assert written["modalities"] == ["xray", "ct_features"] and written["pos_weight"] == "auto"
     assert written["preset"]["proj_dim"] == 16 and written["preset"]["contrastive_weight"] == 0.59  # Table 2
-    assert json.loads((out / "checkpoints" / "best.json").read_text())["cache_keys"].keys() == {"xray", "ct_features"}
+    assert json.loads((out / "checkpoints" / "cotrain.json").read_text())["cache_keys"].keys() == {
+        "xray",
+        "ct_features",
+    }
 
 
 # ---------------------------------------------------------------------------------------- splits and leakage
@@ -493,7 +424,7 @@ def test_subject_spanning_manifest_splits_is_refused(tmp_path):
     _assert_not_started(out)
 
 
-def test_small_model_validation_scores_the_val_split_only(cohort, monkeypatch):
+def test_small_model_validation_scores_the_val_split_only(cohort, monkeypatch, tmp_path):
     manifest, cache = cohort
     data = load_task_data(Manifest.read(manifest), cache, "mortality")
     scored = []
@@ -505,8 +436,9 @@ def test_small_model_validation_scores_the_val_split_only(cohort, monkeypatch):
         return original(self, batch)
 
     monkeypatch.setattr(SmallModel, "features", spy)
-    config = tiny_config(manifest, cache, Path("unused"), small_epochs=2, small_patience=5)
-    train_small(data, config, torch.device("cpu"), None, Console(quiet=True))
+    config = tiny_config(manifest, cache, tmp_path / "run", small_epochs=2, small_patience=5)
+    run = setup(config, Console(quiet=True))
+    train_small_stage(run)
     assert sum(scored) == 2 * len(data.index["val"])  # two epochs, each scoring the val samples only
 
 
@@ -515,8 +447,8 @@ def test_fused_prediction_does_not_depend_on_the_other_patients(cohort, tmp_path
     manifest, cache = cohort
     result = train_run(tiny_config(manifest, cache, tmp_path / "run", epochs=2, small_epochs=2))
     predictions = result.predictions
-    best = json.loads((result.run_dir / "checkpoints" / "best.json").read_text())
-    deployed = best["deployed_weights"]
+    model, saved = load_model(result.run_dir / "model.safetensors")
+    deployed = saved["deployed_weights"]
     assert deployed["w_large"] == pytest.approx(result.history[result.best_epoch - 1]["w_large"])
     for split in ("train", "val", "test"):  # one pair of weights for every split (and any new patient)
         rows = predictions[predictions.split == split]
@@ -526,9 +458,6 @@ def test_fused_prediction_does_not_depend_on_the_other_patients(cohort, tmp_path
     data = load_task_data(Manifest.read(manifest), cache, "mortality")
     config = tiny_config(manifest, cache, tmp_path / "run")
     small_feat = load_file(str(result.run_dir / "small_features.safetensors"))["features"]
-    args = best["model_args"]
-    model = CollaborativeModel(args["large_dims"], args["small_dim"], resolved_preset(config), args["weighting"])
-    load_checkpoint(result.run_dir / "checkpoints", "best", model)
     weights = (deployed["w_large"], deployed["w_small"])
     test_idx = data.index["test"]
     together = evaluate(model, data, test_idx, small_feat, config, None, False, weights)["prob_fused"]

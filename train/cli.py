@@ -49,7 +49,7 @@ def train(
     lr: float | None = typer.Option(None, help="Adam learning rate of co-training (default 1e-4, cosine decay)."),
     device: str | None = typer.Option(None, help="auto (GPU if present), cpu, cuda or cuda:N."),
     small_epochs: int | None = typer.Option(
-        None, help="Maximum epochs of the small model (early stopping on validation AUROC; default 30)."
+        None, help="Maximum epochs of the small model (early stopping on validation loss; default 200)."
     ),
     small_checkpoint: Path | None = typer.Option(
         None, help="Use a small model trained elsewhere (.safetensors with its .json config) instead of training one."
@@ -60,7 +60,12 @@ def train(
         "(negatives/positives in train), or a number. Beyond the paper.",
     ),
     tokenizer: str | None = typer.Option(None, help="Tokenizer folder for clinical-note inputs."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the run in --out from its last checkpoint (small model or co-training); with nothing to "
+        "continue it starts afresh and says so, so a preempted, requeued job can always rerun the same command.",
+    ),
     config: Path | None = typer.Option(None, help="Settings file (.toml or .yaml) with any config field."),
     set_: list[str] = typer.Option(
         [],
@@ -110,10 +115,11 @@ def train(
     from .checkpoint import ResumeError
     from .data import DataError
     from .loop import train_run
+    from .run_lock import RunLockedError
 
     try:
         train_run(resolved, console=console)
-    except (DataError, ResumeError, CacheError, ValueError, FileNotFoundError) as exc:
+    except (DataError, ResumeError, RunLockedError, CacheError, ValueError, FileNotFoundError) as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False)
         raise typer.Exit(1) from None
 

@@ -36,6 +36,47 @@ from .presets import TaskPreset
 from .weighting import WEIGHTINGS, adaptive_weight, learnable_weight
 
 
+class Standardise(nn.Module):
+    """Per-dimension ``(x - mean) / std`` of each large embedding, with statistics of the training split.
+
+    The statistics are buffers: part of the model's state, so its checkpoint carries them and a model loaded
+    elsewhere standardises new patients exactly as it was trained. Until :meth:`fit` they are the identity.
+    """
+
+    def __init__(self, dims: dict[str, int]):
+        super().__init__()
+        self.names = list(dims)
+        for name, dim in dims.items():
+            self.register_buffer(f"mean_{self._key(name)}", torch.zeros(dim))
+            self.register_buffer(f"std_{self._key(name)}", torch.ones(dim))
+
+    @staticmethod
+    def _key(name: str) -> str:
+        return "".join(c if c.isalnum() else "_" for c in name)
+
+    @torch.no_grad()
+    def fit(self, large: dict[str, Tensor], present: Tensor, rows: Tensor) -> None:
+        """Mean and std (float64, then float32) over ``rows`` where the modality is present; a constant dimension
+        keeps std 1."""
+        for m, name in enumerate(self.names):
+            chosen = rows[present[rows, m]]
+            if len(chosen) < 2:
+                continue
+            values = large[name].index_select(0, chosen).double()
+            mean, std = values.mean(0), values.std(0, unbiased=False)
+            std = torch.where(std > 1e-6 * std.max().clamp(min=1e-12), std, torch.ones_like(std))
+            getattr(self, f"mean_{self._key(name)}").copy_(mean.float())
+            getattr(self, f"std_{self._key(name)}").copy_(std.float())
+
+    def forward(self, large: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {
+            name: (value - getattr(self, f"mean_{self._key(name)}")) / getattr(self, f"std_{self._key(name)}")
+            if name in self.names
+            else value
+            for name, value in large.items()
+        }
+
+
 @dataclass
 class CollabOutput:
     """One forward pass: logits of both paths through the shared head, their projections, the fused large feature.
@@ -62,6 +103,8 @@ class CollaborativeModel(nn.Module):
         small_head: the trained small model's head; the shared head starts as a copy of it.
         mome_heads: attention heads of MoME (must divide ``small_dim // M``).
         contrastive_symmetric: symmetric (CLIP-style) InfoNCE instead of the one-way large -> small default.
+        standardise_large: standardise each large embedding per dimension (statistics set by
+            ``model.standardise.fit`` on the training split) before MoME.
     """
 
     def __init__(
@@ -73,6 +116,7 @@ class CollaborativeModel(nn.Module):
         small_head: nn.Linear | None = None,
         mome_heads: int = 1,
         contrastive_symmetric: bool = False,
+        standardise_large: bool = False,
     ):
         super().__init__()
         if weighting not in WEIGHTINGS:
@@ -80,6 +124,7 @@ class CollaborativeModel(nn.Module):
         self.preset = preset
         self.weighting = weighting
         self.contrastive_symmetric = contrastive_symmetric
+        self.standardise = Standardise(large_dims) if standardise_large else None
         self.mome = MoME(large_dims, small_dim, n_heads=mome_heads)
         self.large_proj = nn.Linear(small_dim, preset.proj_dim)
         self.small_proj = nn.Linear(small_dim, preset.proj_dim)
@@ -95,6 +140,8 @@ class CollaborativeModel(nn.Module):
         self.fusion_weights = nn.Parameter(torch.zeros(2))
 
     def forward(self, large: dict[str, Tensor], present: Tensor, small_feat: Tensor) -> CollabOutput:
+        if self.standardise is not None:
+            large = self.standardise(large)
         large_feat = self.mome(large, present)
         return CollabOutput(
             large_logits=self.head(large_feat).squeeze(-1),

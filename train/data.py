@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ..cache_schema import CacheSummary, EmbeddingCache, Manifest, ManifestError, list_caches, open_cache
 from ..cache_schema.fingerprint import diff_fingerprints
+from ..cache_schema.splits import split_subjects
 
 SPLITS = ("train", "val", "test")
 # Prepared small-input arrays whose NaN means "missing field" by the small model's batch contract.
-NAN_MEANS_MISSING = (".ordinal", ".numerical")
+NAN_MEANS_MISSING = (".numerical",)
 READ_CHUNK = 4096  # rows per read from the cache while loading
 
 
@@ -110,8 +110,9 @@ def assign_splits(
     """Keep the manifest's splits; without any ``val`` row, carve a validation set from train by subject.
 
     Whole subjects move to validation (a patient with several admissions is never in both), stratified on the
-    subject's label (the max of its train labels: a subject with any positive admission counts as positive),
-    ``round(val_fraction * subjects)`` per stratum, seeded. ``subjects`` None treats every sample as its own.
+    subject's label (a subject with any positive admission counts as positive), seeded, at least one subject of
+    each class when there are two: the project's one subject-level split
+    (:func:`adacomed.cache_schema.splits.split_subjects`). ``subjects`` None treats every sample as its own.
     """
     splits = splits.astype(object).copy()
     for name in ("train", "test"):
@@ -123,16 +124,10 @@ def assign_splits(
         raise DataError(f"the manifest has no val rows and val_fraction={val_fraction} cannot carve one")
     subjects = np.arange(len(splits)).astype(str) if subjects is None else np.asarray(subjects).astype(str)
     train = np.flatnonzero(splits == "train")
-    frame = pd.DataFrame({"row": train, "subject": subjects[train], "label": labels[train]})
-    subject_label = frame.groupby("subject", sort=True)["label"].max()
-    rng = np.random.default_rng(seed)
-    chosen: list[str] = []
-    for value in (0.0, 1.0):
-        pool = subject_label.index[subject_label.to_numpy() == value].to_numpy()
-        n_val = int(round(len(pool) * val_fraction))
-        n_val = min(max(n_val, 1), len(pool) - 1) if len(pool) >= 2 else 0
-        chosen.extend(rng.permutation(pool)[:n_val].tolist())
-    splits[frame["row"].to_numpy()[frame["subject"].isin(chosen).to_numpy()]] = "val"
+    parts = split_subjects(
+        subjects[train], {"train": 1.0 - val_fraction, "val": val_fraction}, seed, labels[train], at_least_one=True
+    )
+    splits[train[parts == "val"]] = "val"
     return splits
 
 

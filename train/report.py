@@ -2,8 +2,9 @@
 
 Test metrics are reported at the default threshold 0.5 and at the threshold chosen on validation (the one that
 maximises validation macro F1, :func:`choose_threshold`), so a tuned operating point never peeks at test.
-Every split is scored under the same frozen deployed fusion weights (the best epoch's train-epoch mean, see
-:mod:`adacomed.train.loop`): the threshold is chosen on validation and applied to test under one fused model.
+Every split is scored under the same frozen deployed fusion weights (the chosen epoch's train-epoch mean, see
+:mod:`adacomed.train.cotrain`): the threshold is chosen on validation and applied to test under one fused model.
+The report says how the epoch was chosen and repeats the warnings the run started with (a degenerate preset).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from ..cache_schema.atomic import atomic_write_bytes, atomic_write_json
 from .metrics import METRIC_NAMES, binary_metrics, choose_threshold
 
 PLOTS = ("roc.png", "pr.png", "weights.png")
+SELECTION_WORDS = {
+    "val_loss": "lowest validation loss (BCE of the fused prediction)",
+    "val_auroc": "highest validation AUROC",
+}
 
 
 def _clean(value: Any) -> Any:
@@ -75,6 +80,7 @@ def build_metrics(
     outputs: dict[str, dict[str, Any]],
     small_model_prob: dict[str, np.ndarray],
     best_epoch: int,
+    notes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     deployed = {(o["w_large"], o["w_small"]) for o in outputs.values()}
     if len(deployed) != 1:
@@ -97,6 +103,8 @@ def build_metrics(
         "weighting": config.weighting,
         "seed": config.seed,
         "best_epoch": best_epoch,
+        "selection": (notes or {}).get("selection", "val_loss"),
+        "warnings": list((notes or {}).get("warnings", [])),
         "val_threshold": threshold,
         "test": {
             "at_0.5": binary_metrics(test.label, test.prob_fused, 0.5),
@@ -174,7 +182,7 @@ def metrics_table(metrics: dict[str, Any], title: str = "test metrics") -> Table
     return table
 
 
-def report_markdown(metrics: dict[str, Any]) -> str:
+def report_markdown(metrics: dict[str, Any], plots: bool = True) -> str:
     rows = ["| threshold | " + " | ".join(METRIC_NAMES) + " |", "|---" * (len(METRIC_NAMES) + 1) + "|"]
     for label, key in (("0.5", "at_0.5"), (f"val-chosen ({metrics['val_threshold']:.3f})", "at_val_threshold")):
         rows.append(f"| {label} | " + " | ".join(_fmt(metrics["test"][key][m]) for m in METRIC_NAMES) + " |")
@@ -189,11 +197,14 @@ def report_markdown(metrics: dict[str, Any]) -> str:
             f"| {split} | " + " | ".join(_fmt(p[k]) for k in ("fused", "large", "small", "small_model_stage_a")) + " |"
         )
     w = metrics["weights"]["test"]
+    selection = SELECTION_WORDS.get(metrics.get("selection"), str(metrics.get("selection")))
+    warning_lines = [f"> **Warning:** {message}" for message in metrics.get("warnings", [])]
     return "\n".join(
         [
             f"# AdaCoMed run: task `{metrics['task']}`, weighting `{metrics['weighting']}`, seed {metrics['seed']}",
             "",
-            f"Best validation epoch: {metrics['best_epoch']}. "
+            *(line for message in warning_lines for line in (message, "")),
+            f"Chosen co-training epoch: {metrics['best_epoch']} ({selection}). "
             f"Samples: {metrics['n']} (positives {metrics['n_positive']}).",
             "",
             "## Test metrics (fused prediction)",
@@ -204,18 +215,24 @@ def report_markdown(metrics: dict[str, Any]) -> str:
             "",
             *auroc_rows,
             "",
-            f"Deployed fusion weights (mean over the best epoch's training steps, used for every split and "
+            f"Deployed fusion weights (mean over the chosen epoch's training steps, used for every split and "
             f"patient): w_large {w['w_large']:.3f}, w_small {w['w_small']:.3f} (test batches' mean sim "
             f"{w['sim_mean']:.3f}, a diagnostic).",
             "",
-            "## Curves",
-            "",
-            "![ROC](roc.png) ![PR](pr.png)",
-            "",
-            "## Fusion weights per epoch",
-            "",
-            "![weights](weights.png)",
-            "",
+            *(
+                [
+                    "## Curves",
+                    "",
+                    "![ROC](roc.png) ![PR](pr.png)",
+                    "",
+                    "## Fusion weights per epoch",
+                    "",
+                    "![weights](weights.png)",
+                    "",
+                ]
+                if plots
+                else []
+            ),
         ]
     )
 
@@ -229,21 +246,24 @@ def write_outputs(
     history: list[dict[str, Any]],
     best_epoch: int,
     console: Console,
+    notes: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Write predictions, metrics, history, plots and report.md; print the metrics table."""
     predictions = build_predictions(data, outputs)
     small_prob = {s: torch.sigmoid(small_logits[data.index[s]]).cpu().numpy() for s in ("val", "test")}
-    metrics = _clean(build_metrics(config, predictions, outputs, small_prob, best_epoch))
+    metrics = _clean(build_metrics(config, predictions, outputs, small_prob, best_epoch, notes))
     buffer = io.BytesIO()
     predictions.to_parquet(buffer, index=False)
     atomic_write_bytes(run_dir / "predictions.parquet", buffer.getvalue())
     atomic_write_json(run_dir / "metrics.json", metrics)
     atomic_write_json(run_dir / "history.json", _clean(history))
-    write_plots(run_dir, predictions, history)
-    atomic_write_bytes(run_dir / "report.md", report_markdown(metrics).encode())
+    plots = getattr(config, "plots", True)
+    if plots:
+        write_plots(run_dir, predictions, history)
+    atomic_write_bytes(run_dir / "report.md", report_markdown(metrics, plots).encode())
     console.print(metrics_table(metrics, f"{config.task} / {config.weighting}: test metrics"))
     console.print(
-        f"outputs in {run_dir} (best epoch {best_epoch}); "
+        f"outputs in {run_dir} (chosen epoch {best_epoch}); "
         + json.dumps({k: round(v, 4) if v is not None else None for k, v in metrics["auroc"]["test"].items()})
     )
     return metrics, predictions

@@ -2,8 +2,9 @@
 
 Everything is learned from the TRAIN split: the category vocabulary per field (code = 1 + index of the sorted
 train values; 0 = missing, and a value never seen in training also maps to 0), the ordinal levels (declared in
-``options["levels"]`` in order, else the sorted distinct train values), and the mean/std of numerical fields.
-Ordinal values are stored as rank / (levels - 1) in [0, 1]; ordinal and numerical missing values are NaN.
+``options["levels"]`` in order, else the sorted distinct train values; code = 1 + the level's index, 0 =
+missing), and the mean/std of numerical fields (missing = NaN). The small model embeds every categorical and
+ordinal code, missing included, as a learned vector.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class TabularGroup(InputGroup):
             "numerical": {f: list(self.moments[f]) for f in self.numerical},
             "numerical_order": self.numerical,
             "unseen_category": "missing (0)",
+            "ordinal_encoding": "level code (1 + index, 0 = missing)",
         }
 
     def encode(self, rows: list[int]) -> Encoded:
@@ -106,16 +108,16 @@ class TabularGroup(InputGroup):
             arrays[f"{self.name}.categorical"] = codes
             observed |= (codes > 0).any(axis=1)
         if self.ordinal:
-            ranks = np.full((n, len(self.ordinal)), np.nan, dtype=np.float32)
+            levels_codes = np.zeros((n, len(self.ordinal)), dtype=np.int64)
             for j, field in enumerate(self.ordinal):
                 levels = self.levels[field]
-                rank_of = {key: i / max(len(levels) - 1, 1) for i, key in enumerate(levels)}
+                code_of = {key: i + 1 for i, key in enumerate(levels)}
                 values = self.field_values(field)
                 for out, row in enumerate(rows):
                     if is_missing(values[row]):
                         continue
-                    rank = rank_of.get(level_key(values[row]))
-                    if rank is None:
+                    code = code_of.get(level_key(values[row]))
+                    if code is None:
                         if self.declared_levels[field]:
                             errors.append(
                                 self.error(
@@ -125,9 +127,9 @@ class TabularGroup(InputGroup):
                                 )
                             )
                         continue  # unseen in training: missing
-                    ranks[out, j] = rank
-            arrays[f"{self.name}.ordinal"] = ranks
-            observed |= np.isfinite(ranks).any(axis=1)
+                    levels_codes[out, j] = code
+            arrays[f"{self.name}.ordinal"] = levels_codes
+            observed |= (levels_codes > 0).any(axis=1)
         if self.numerical:
             numbers = np.full((n, len(self.numerical)), np.nan, dtype=np.float32)
             for j, field in enumerate(self.numerical):
@@ -151,6 +153,6 @@ class TabularGroup(InputGroup):
         return SmallInputSpec(
             kind="tabular",
             n_categories=[len(self.vocabularies[f]) + 1 for f in self.categorical] or None,
-            n_ordinal=len(self.ordinal),
+            n_levels=[len(self.levels[f]) + 1 for f in self.ordinal] or None,
             n_numerical=len(self.numerical),
         )

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ...cache_schema import Fingerprint
+from ...cache_schema.atomic import atomic_write_text
 from ...cache_schema.errors import InputError
 from ...cache_schema.fingerprint import canonical_json
 from ..errors import ExtractError, WeightsError
@@ -259,10 +260,7 @@ def file_sha256(path: Path) -> str:
     value = digest.hexdigest()
     known[key] = value
     try:
-        store.parent.mkdir(parents=True, exist_ok=True)
-        tmp = store.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known))
-        os.replace(tmp, store)
+        atomic_write_text(store, json.dumps(known), durable=False)  # a lost entry is only hashed again
     except OSError:
         pass
     return value
