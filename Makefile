@@ -10,10 +10,13 @@ TASK ?= mortality
 
 .PHONY: install demo test lint bench clean-demo
 
+# astra: the real CT backbone for its test. uni2ts (MOIRAI's reference code, used by the parity test only) pins
+# torch<2.5 and numpy 1.26, so it goes in without its dependencies (dev lists the few it imports).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,astra]'
+	$(BIN)/pip install -q --no-deps 'uni2ts==2.0.0'
 	touch $@
 
 install: $(VENV)/.installed

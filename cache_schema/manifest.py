@@ -255,6 +255,7 @@ class Manifest:
     def input_files_hash(self, modality: str, mode: str = "stat") -> str:
         """Hash of the files a path modality points to: ``stat`` (size, mtime) or ``content`` (xxh3 of bytes).
 
+        A pointer to a folder (a DICOM series) stands for every file under it, by relative name.
         Missing files count as missing (the extraction records them as errors). Empty for text/values modalities.
         """
         source = self._source(modality)
@@ -265,11 +266,7 @@ class Manifest:
         rows = []
         for sid, path in self.modality_items(modality):
             try:
-                if mode == "stat":
-                    stat = os.stat(path)
-                    rows.append((sid, f"{stat.st_size}:{stat.st_mtime_ns}"))
-                else:
-                    rows.append((sid, file_checksum(path)))
+                rows.append((sid, _file_signature(Path(path), mode)))
             except FileNotFoundError:
                 rows.append((sid, "missing"))
         return f"{'stat' if mode == 'stat' else 'xxh3'}:{hash_rows(rows)}"
@@ -287,6 +284,21 @@ class Manifest:
 
     def split_of(self) -> pd.Series:
         return pd.Series(self.table["split"].to_numpy(), index=self.table["sample_id"].astype(str), name="split")
+
+
+def _file_signature(path: Path, mode: str) -> str:
+    """``size:mtime_ns`` or the xxh3 checksum of a file; for a folder, a hash over its files' relative names and
+    signatures (adding, removing, renaming or changing a slice changes it)."""
+    if path.is_dir():
+        lines = [
+            f"{file.relative_to(path).as_posix()}={_file_signature(file, mode)}"
+            for file in sorted(p for p in path.rglob("*") if p.is_file())
+        ]
+        return "dir:" + hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    if mode == "stat":
+        stat = os.stat(path)
+        return f"{stat.st_size}:{stat.st_mtime_ns}"
+    return file_checksum(path)
 
 
 def _is_missing(value: Any) -> bool:

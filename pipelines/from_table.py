@@ -23,6 +23,7 @@ The mapping (YAML or JSON; see ``templates/example_mapping.yaml``) says which co
     modalities:                    # what the large encoders read
       xray: {column: cxr, kind: path, root: .}    # root relative to the table's folder
       notes: {column: note, kind: text}
+      clinical: {kind: template, template: prompt.txt, values: {sex: {F: female, M: male}}}
     small_inputs:                  # what the small model reads
       xray: {column: cxr, kind: image, root: .}
       age: {column: age, kind: numerical}
@@ -37,6 +38,9 @@ sample and the value and says to add ``positive_values``/``negative_values``; a 
 train/val/test (common spellings such as "validation" are accepted). Files that a path column points to but
 that do not exist are counted and the first sample ids shown; their pointers are left empty (missing) and
 listed in ``missing_files.csv`` beside the manifest; with ``strict: true`` (or ``strict=True``) they are an error.
+A ``kind: template`` modality writes one text per row from a template file you own (``{column}`` placeholders,
+optional ``values`` maps per column, blank cells or ``missing_values`` said as ``missing``, default "unknown"):
+the clinical-table prompt of supplement section 4.2 for your own columns (see ``prompts.render_table_template``).
 ``split_ratios`` assigns whole subjects to splits: subjects are ordered by a hash of (seed, subject id) and cut
 by the ratios, so the result is deterministic and a subject's rows never straddle two splits.
 """
@@ -65,6 +69,7 @@ from ..cache_schema.manifest import (
     TaskSpec,
 )
 from ..cache_schema.splits import split_subjects
+from .prompts import PromptError, prompts_from_mapping
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +334,15 @@ def build_from_table(
 
     for name, mod in (spec.get("modalities") or {}).items():
         kind = mod.get("kind", "path")
+        if kind == "template":  # a text modality written from the table's own columns (prompts.py)
+            try:
+                prompts = prompts_from_mapping(df, mod, table_dir)
+            except PromptError as exc:
+                raise MappingError(f"modality {name!r}: {exc}") from None
+            column = f"{name}__prompt" if name in manifest_table.columns else name
+            manifest_table[column] = prompts
+            info.modalities[name] = ModalitySource(column, "text", ".")
+            continue
         if kind not in POINTER_KINDS:
             raise MappingError(f"modality {name!r}: kind {kind!r} is not one of {list(POINTER_KINDS)}")
         source = _column(df, mod.get("column"), f"modality {name!r}")

@@ -1,5 +1,9 @@
 """Clinical table row -> text prompt, for the text encoders that embed the clinical table (supplement 4.2).
 
+Two forms: the MMIST builder's template + codes file (below), and :func:`render_table_template` for a
+bring-your-own table (``adacomed-data from-table``, a modality of ``kind: template``): ``{column}`` placeholders
+over the table's own columns and optional value maps.
+
 The template and the code decodings are data files a user can replace: ``templates/mmist_clinical_prompt.txt``
 (``{placeholder}`` per field) and ``templates/mmist_codes.json`` (per placeholder: the source column, the words
 for documented codes, the phrase for undocumented codes, the phrase for a missing value). A code the release
@@ -9,6 +13,7 @@ Errors name the field and the offending code, never the rendered text (it is pat
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import string
@@ -124,3 +129,116 @@ def _cell(row: Mapping[str, Any], column: str, field: str) -> Any:
         return row[column]
     except KeyError:
         raise PromptError(f"field {field!r} reads column {column!r}, which the row does not have") from None
+
+
+# ---------------------------------------------------------------------------------- bring-your-own templates
+TABLE_TEMPLATE_KEYS = ("kind", "template", "values", "missing", "missing_values")
+
+
+def template_columns(template: str) -> list[str]:
+    """The ``{column}`` placeholders of a table template, in order; a format spec or conversion is refused."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise PromptError(f"template is not valid: {exc} (write a literal brace as {{{{ or }}}})") from None
+    names = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name:
+            raise PromptError("template has an empty placeholder {}; name a column inside the braces")
+        if spec or conversion:
+            raise PromptError(f"placeholder {{{name}}} has a format spec or conversion; write just {{column}}")
+        names.append(name)
+    return names
+
+
+def cell_words(value: Any, words: Mapping[str, str], missing: str, missing_values: set[str]) -> str:
+    """One cell as prompt words: its mapped words, else the value itself; missing cells are ``missing``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    text = _cell_text(value)
+    if text == "" or text in missing_values:
+        return missing
+    return str(words.get(text, text))
+
+
+def render_table_template(
+    rows: Any,
+    template: str,
+    values: Mapping[str, Mapping[Any, Any]] | None = None,
+    missing: str = "unknown",
+    missing_values: list[Any] | tuple[Any, ...] = (),
+) -> list[str]:
+    """Fill ``template`` once per row of a table (a DataFrame): ``{column}`` placeholders, optional value maps.
+
+    ``values`` maps a column to ``{cell value: words}`` (keys compared as text, so ``2``, ``2.0`` and ``"2"`` are
+    one key); an unmapped value is said as it is; a blank cell or one in ``missing_values`` is said as
+    ``missing`` ("unknown"). Nothing is invented. Errors name the column, never a cell or the rendered text.
+    """
+    columns = template_columns(template)
+    if not columns:
+        raise PromptError("template has no {column} placeholder; it would give every sample the same text")
+    available = [str(c) for c in rows.columns]
+    for name in dict.fromkeys(columns):
+        if name not in available:
+            close = difflib.get_close_matches(name, available, n=3, cutoff=0.5)
+            hint = f"; did you mean {close}?" if close else f"; the table has {available}"
+            raise PromptError(f"template placeholder {{{name}}} is not a column of the table{hint}")
+    maps = {
+        str(column): {_cell_text(key): str(said) for key, said in (words or {}).items()}
+        for column, words in (values or {}).items()
+    }
+    unused = sorted(set(maps) - set(columns))
+    if unused:
+        raise PromptError(f"'values' maps columns {unused} that the template does not use")
+    absent = {_cell_text(v) for v in missing_values}
+    pieces = list(string.Formatter().parse(template))
+    out = []
+    for record in rows[list(dict.fromkeys(columns))].to_dict("records"):
+        text = []
+        for literal, name, _, _ in pieces:
+            text.append(literal)
+            if name is not None:
+                text.append(cell_words(record[name], maps.get(name, {}), missing, absent))
+        out.append("".join(text))
+    return out
+
+
+def _cell_text(value: Any) -> str:
+    """A cell or map key as text: 2, 2.0 and '2' are '2'; strings are stripped."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (int, float)) or type(value).__module__ == "numpy":
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return str(value).strip()
+        if math.isnan(number):
+            return ""
+        return str(int(number)) if number.is_integer() else repr(number)
+    return str(value).strip()
+
+
+def prompts_from_mapping(table: Any, entry: Mapping[str, Any], base_dir: Path) -> list[str]:
+    """The prompts a ``kind: template`` modality of a from-table mapping asks for, one per table row.
+
+    ``entry`` holds ``template`` (a text file, relative to ``base_dir`` unless absolute) and optionally ``values``,
+    ``missing`` and ``missing_values`` (see :func:`render_table_template`).
+    """
+    unknown = sorted(set(entry) - set(TABLE_TEMPLATE_KEYS))
+    if unknown:
+        raise PromptError(f"unknown key(s) {unknown}; a template modality takes {list(TABLE_TEMPLATE_KEYS)}")
+    if "template" not in entry:
+        raise PromptError("needs 'template: <file>' (a text file with {column} placeholders)")
+    path = Path(str(entry["template"]))
+    path = path if path.is_absolute() else base_dir / path
+    values = entry.get("values") or {}
+    if not isinstance(values, Mapping) or not all(isinstance(v, Mapping) for v in values.values()):
+        raise PromptError("'values' must map a column to {cell value: words}")
+    missing_values = entry.get("missing_values") or []
+    if not isinstance(missing_values, (list, tuple)):
+        raise PromptError("'missing_values' must be a list of cell values that mean not recorded")
+    return render_table_template(
+        table, load_template(path), values, str(entry.get("missing", "unknown")), list(missing_values)
+    )

@@ -336,6 +336,26 @@ def test_changed_input_file_changes_the_files_hash(tmp_path):
     assert manifest.input_files_hash("notes") == ""
 
 
+def test_a_folder_pointer_hashes_every_file_in_it(tmp_path):
+    """A DICOM series is a folder: a slice changed, added or renamed inside it is another input."""
+    for i in range(6):
+        series = tmp_path / "img" / f"{i}.png"  # the pointer names a folder here
+        series.mkdir(parents=True)
+        for k in range(3):
+            (series / f"slice-{k}.dcm").write_bytes(bytes([k]) * (i + 1))
+    manifest = Manifest(_table(), _info(), base_dir=tmp_path)
+    hashes = [manifest.input_files_hash("xray"), manifest.input_files_hash("xray", mode="content")]
+    seen = {tuple(hashes)}
+    slice_one = tmp_path / "img" / "2.png" / "slice-1.dcm"
+    slice_one.write_bytes(b"other pixels")  # same folder mtime, another slice content
+    seen.add((manifest.input_files_hash("xray"), manifest.input_files_hash("xray", mode="content")))
+    (tmp_path / "img" / "2.png" / "slice-3.dcm").write_bytes(b"a new slice")
+    seen.add((manifest.input_files_hash("xray"), manifest.input_files_hash("xray", mode="content")))
+    slice_one.rename(slice_one.with_name("slice-9.dcm"))
+    seen.add((manifest.input_files_hash("xray"), manifest.input_files_hash("xray", mode="content")))
+    assert len({pair[0] for pair in seen}) == len({pair[1] for pair in seen}) == 4
+
+
 def test_disk_full_while_writing_leaves_nothing_visible(tmp_path, monkeypatch):
     import errno
 

@@ -22,6 +22,9 @@ from . import precomputed  # noqa: F401  (features: precomputed)
 from . import openclip  # noqa: F401  (xray alternatives: biomedclip, open-clip)
 from . import uni  # noqa: F401  (wsi: uni)
 from . import clam_features  # noqa: F401  (wsi import: clam-h5)
+from . import merlin  # noqa: F401  (ct: merlin)
+from . import moirai  # noqa: F401  (timeseries: moirai-large)
+from . import fracast  # noqa: F401  (timeseries alternative: fracast-0, real weights on PyPI)
 # isort: on
 
 __all__ = [

@@ -319,6 +319,12 @@ _TINY_MISTRAL = TextModelRecipe(
     {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
      "num_key_value_heads": 2, "sliding_window": 4096},
 )  # fmt: skip
+_TINY_LLAMA_GQA = TextModelRecipe(  # Llama-3.1 layout: grouped-query attention (8 KV heads of 32 in the 8B)
+    "LlamaModel",
+    "LlamaConfig",
+    {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+     "num_key_value_heads": 2},
+)  # fmt: skip
 _TINY_BERT = TextModelRecipe(
     "BertModel",
     "BertConfig",
@@ -351,6 +357,15 @@ _register(
         description="BioMistral-7B over the clinical-table prompt (design default for clinical), masked mean",
     ),
     _TINY_MISTRAL,
+)  # fmt: skip
+# TableLLM-8b (Llama-3.1-8B tuned on table tasks; Llama 3.1 licence) rather than TableLLM-13b (CodeLlama-13B):
+# 16 GB of bf16 weights fit a 24 GB card (the 13b's 26 GB do not without 8-bit), the same 4096-d as BioMistral.
+_register(
+    EncoderSpec(
+        "tablellm-8b", "clinical", 4096, "masked-mean", default_weights="RUCKBReasoning/TableLLM-8b", version="1",
+        description="TableLLM-8b (Llama-3.1-8B tuned for tables) over the clinical-table prompt, masked mean",
+    ),
+    _TINY_LLAMA_GQA,
 )  # fmt: skip
 _register(
     EncoderSpec(
