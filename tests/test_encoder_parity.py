@@ -32,6 +32,10 @@ FAMILIES = {
     "open-clip": "open_clip",
     "uni": "timm_vit",
     "clam-h5": "clam_h5",
+    "tablellm-8b": "text",
+    "merlin": "torchvision_inflated",
+    "fracast-0": "fracast",
+    "moirai-large": "uni2ts",  # tests/test_timeseries.py::test_moirai_matches_uni2ts_and_loads_its_checkpoint_strictly
 }
 NOTES = [
     "Patient admitted with chest pain.\nNo fever.",
@@ -257,3 +261,82 @@ def test_clam_h5_import_returns_the_files_features_and_coords(name, tmp_path) ->
     np.testing.assert_array_equal(encoded.bags[0]["features"], features)
     np.testing.assert_array_equal(encoded.bags[0]["coords"], coords)
     np.testing.assert_allclose(encoded.embeddings[0], features.mean(axis=0), rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------- Merlin (torchvision, inflated)
+@pytest.mark.parametrize("name", _family("torchvision_inflated"))
+def test_merlin_i3resnet_equals_torchvision_resnet_inflated_on_a_depth_constant_volume(name) -> None:
+    """Merlin's I3ResNet is torchvision's bottleneck ResNet inflated to 3-D. With every 2-D kernel placed at the
+    centre of its 3-D kernel (zeros elsewhere), a volume constant along depth gives torchvision's 2-D output."""
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    from adacomed.extract.encoders.i3resnet_net import I3ResNet
+    from adacomed.extract.encoders.merlin import I3ResNetConfig
+
+    torch.manual_seed(0)
+    reference = ResNet(Bottleneck, [1, 1, 1, 1], num_classes=10).eval()
+    for module in reference.modules():  # non-trivial batch-norm statistics, so eval-mode BN is really compared
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0, 0.1)
+    ours = I3ResNet(I3ResNetConfig(layers=(1, 1, 1, 1), width=64, phenotypes=3, contrastive_dim=4)).eval()
+    state = ours.state_dict()
+    for key, value in reference.state_dict().items():
+        if key.startswith("fc."):
+            continue
+        if value.ndim == 4:  # (O, I, kh, kw) -> centre slot of (O, I, kt, kh, kw)
+            inflated = torch.zeros_like(state[key])
+            inflated[:, :, state[key].shape[2] // 2] = value
+            value = inflated
+        state[key] = value
+    ours.load_state_dict(state, strict=True)
+
+    grey = torch.rand(2, 1, 64, 48)
+    volume = grey.unsqueeze(-1).expand(-1, -1, -1, -1, 8).contiguous()  # (B, 1, H, W, D), constant along D
+    reference.fc = torch.nn.Identity()
+    with torch.inference_mode():
+        expected = reference(grey.expand(-1, 3, -1, -1))
+        close(ours.features(volume), expected)
+        encoder = create_encoder(name, TINY_RANDOM)
+        encoder._model = ours  # the encoder's forward is the module's pooled features
+        close(encoder.encode(volume), expected)
+
+
+# ------------------------------------------------------------------------------- Fracast-0 (fracast package)
+@pytest.mark.parametrize("name", _family("fracast"))
+def test_fracast_equals_the_packages_own_model_with_observed_mean_pooling(name) -> None:
+    from fracast.inference import load_fracast
+
+    from adacomed.extract.encoders.fracast import fracast_package_folder
+    from adacomed.extract.readers.timeseries import TimeSeries
+
+    rng = np.random.default_rng(0)
+    values = np.stack([70 + np.arange(48.0) + rng.normal(0, 1, 48), 37 + rng.normal(0, 0.3, 48)], axis=1)
+    observed = rng.random((48, 2)) < 0.7
+    series = TimeSeries(
+        values=np.where(observed, values, 0.0).astype(np.float32),
+        observed=observed,
+        hours=np.arange(48.0),
+        variables=("heart_rate", "temperature"),
+        step_hours=1.0,
+    )
+    encoder = create_encoder(name)
+    ours = encoder.encode(encoder.collate([encoder.prepare(series)]))
+
+    core, _head = load_fracast(fracast_package_folder(), weights="fp32", device="cpu")
+    width = int(json.loads((Path(fracast_package_folder()) / "config.json").read_text())["model"]["W"])
+    pooled = []
+    for column in range(2):
+        seen = observed[:, column]
+        low, high = values[seen, column].min(), values[seen, column].max()
+        row = np.zeros(width, np.float32)
+        row[width - 48 :] = np.where(seen, (values[:, column] - low) / (high - low), 0.0)
+        mask = np.zeros(width, bool)
+        mask[width - 48 :] = seen
+        x, m = torch.from_numpy(row)[None, None], torch.from_numpy(mask)[None, None]
+        with torch.inference_mode():
+            hidden = core.eval()(x, m, m.float())[0]
+        pooled.append(hidden[torch.from_numpy(mask)].mean(dim=0))
+    close(ours[0], torch.stack(pooled).mean(dim=0))
