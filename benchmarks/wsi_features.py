@@ -113,7 +113,9 @@ def main() -> None:
     parser.add_argument("--keep-slide", type=Path, default=None, help="reuse / keep the slide at this path")
     parser.add_argument("--skip-model", action="store_true")
     args = parser.parse_args()
-    results: dict = {"machine": f"{os.cpu_count()} cores, shared with other jobs (timings noisy; medians)"}
+    # A partial run (--skip-model) keeps the other sections of the last full run, each with its own command.
+    results: dict = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results["machine"] = f"{os.cpu_count()} cores, shared with other jobs (timings noisy; medians)"
     with tempfile.TemporaryDirectory() as tmp:
         slide = args.keep_slide or Path(tmp) / "bench16k.tiff"
         if not slide.exists():
