@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ..cache_schema import CacheError
+from ...cache_schema import CacheError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
@@ -47,11 +47,11 @@ def compare(
     jobs: int = typer.Option(1, "--jobs", help="Folds trained at once, in worker processes (results do not change)."),
 ) -> None:
     """Run the baselines and AdaCoMed on the same folds and write a report naming the best method."""
-    from ..train.checkpoint import ResumeError
-    from ..train.config import ConfigError
-    from ..train.data import DataError
+    from ...train.checkpoint import ResumeError
+    from ...train.config import ConfigError
+    from ...train.data import DataError
+    from .compare import compare as run_compare
     from .evaluation import BASELINES
-    from .experiments import compare as run_compare
 
     chosen = () if no_baselines else tuple(baseline or BASELINES)
     try:

@@ -36,11 +36,11 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..cache_schema import Manifest
-from ..cache_schema.atomic import atomic_write_json, atomic_write_text
-from ..train.config import TrainConfig, apply_overrides, resolved_dict, small_model_dict
-from ..train.loop import run_warnings, train_run, train_small_model
-from ..train.report import SELECTION_WORDS
+from ...cache_schema import Manifest
+from ...cache_schema.atomic import atomic_write_json, atomic_write_text
+from ...train.config import TrainConfig, apply_overrides, resolved_dict, small_model_dict
+from ...train.loop import run_warnings, train_run, train_small_model
+from ...train.report import SELECTION_WORDS
 from .evaluation import (
     BASELINES,
     Fold,

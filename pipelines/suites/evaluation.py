@@ -37,10 +37,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from ..cache_schema.atomic import atomic_write_text
-from ..cache_schema.manifest import Manifest
-from ..cache_schema.splits import split_subjects, subject_folds
-from ..train import metrics as train_metrics
+from ...cache_schema.atomic import atomic_write_text
+from ...cache_schema.manifest import Manifest
+from ...cache_schema.splits import split_subjects, subject_folds
+from ...train import metrics as train_metrics
 
 METRICS = ("Acc", "AUROC", "AUPRC", "mAP", "mAR", "mF1")
 BASELINES = ("clinical_lr", "imaging_lr", "imaging_clinical_lr")
