@@ -152,5 +152,6 @@ def test_metrics_are_the_trainers_under_the_report_names():
     y = np.array([0, 1, 1, 0, 1, 1])
     p = np.array([0.2, 0.7, 0.4, 0.4, 0.9, 0.6])
     ours, theirs = binary_metrics(y, p, 0.5), train_metrics(y, p, 0.5)
-    assert list(ours) == list(METRICS)
+    assert list(ours) == [*METRICS, "BalAcc"]
     assert [ours[k] for k in METRICS] == [theirs[k] for k in ("acc", "auroc", "auprc", "mAP", "mAR", "mF1")]
+    assert ours["BalAcc"] == theirs["bacc"] == theirs["mAR"]
