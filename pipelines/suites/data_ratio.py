@@ -56,7 +56,7 @@ def data_ratio(
     runs = run_table(context, specs, "data-ratio")
     rows = [runs[["ratio", "method", "fold", *METRICS, "BalAcc"]]]
     rows += [frame[["ratio", "method", "fold", *METRICS, "BalAcc"]] for frame in baseline_rows]
-    every = pd.concat(rows, ignore_index=True)
+    every = pd.concat(rows, ignore_index=True).sort_values("ratio", kind="stable")
     columns = (*METRICS, "BalAcc")
     table = summary_table(every, ["ratio", "method"], columns)
     train_sizes = {
