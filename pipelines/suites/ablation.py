@@ -70,7 +70,9 @@ def ablation(
         part = runs[runs.part == kind]
         if not len(part):
             continue
-        table = summary_table(part.rename(columns={"value": symbol}).astype({symbol: float}), [symbol])
+        table = summary_table(
+            part.rename(columns={"value": symbol}).astype({symbol: int if kind == "d" else float}), [symbol]
+        )
         fixed = dataclasses.asdict(ablation_preset(kind, 0))
         fixed.pop("contrastive_weight" if kind == "lambda" else "proj_dim")
         sections.append(
