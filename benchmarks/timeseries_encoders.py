@@ -31,7 +31,7 @@ import torch
 from adacomed.cache_schema import Manifest
 from adacomed.extract.encoders import TINY_RANDOM, create_encoder
 from adacomed.extract.readers import create_reader
-from adacomed.pipelines.demo import build_demo_cohort
+from adacomed.pipelines.datasets.demo import build_demo_cohort
 
 RESULTS = Path(__file__).parent / "results" / "timeseries_encoders.json"
 

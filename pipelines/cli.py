@@ -32,7 +32,7 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same bytes."),
 ) -> None:
     """A deterministic synthetic cohort with all six modalities and labels for all four tasks."""
-    from .demo import build_demo_cohort
+    from .datasets.demo import build_demo_cohort
 
     _build(build_demo_cohort, out, subjects=subjects, seed=seed)
 
@@ -53,7 +53,7 @@ def mmist(
     ),
 ) -> None:
     """The MMIST ccRCC release as a manifest (task vital12)."""
-    from .mmist import build_mmist_cohort
+    from .datasets.mmist import build_mmist_cohort
 
     _build(
         build_mmist_cohort,
@@ -87,7 +87,7 @@ def mimic_iv_mm(
     seed: int = typer.Option(0, "--seed", help="Seed of the subject-level split."),
 ) -> None:
     """One sample per admission from the credentialed MIMIC-IV, MIMIC-CXR-JPG and MIMIC-IV-Note releases."""
-    from .mimic import build_mimic_iv_mm
+    from .datasets.mimic import build_mimic_iv_mm
 
     _build(
         build_mimic_iv_mm,
@@ -113,6 +113,6 @@ def from_table(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for the manifest."),
 ) -> None:
     """Bring your own cohort: a table plus a small mapping file becomes a manifest."""
-    from .from_table import build_from_table
+    from .datasets.from_table import build_from_table
 
     _build(build_from_table, table, mapping, out)

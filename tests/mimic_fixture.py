@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from adacomed.pipelines.mimic_variables import DEFAULT_VARIABLES_DIR
+from adacomed.pipelines.datasets.mimic.variables import DEFAULT_VARIABLES_DIR
 
 MICU = "Medical Intensive Care Unit (MICU)"
 

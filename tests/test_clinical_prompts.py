@@ -10,8 +10,8 @@ import pytest
 
 from adacomed.cache_schema.manifest import Manifest
 from adacomed.extract.encoders import TINY_RANDOM, create_encoder, get_spec
-from adacomed.pipelines.from_table import MappingError, build_from_table
-from adacomed.pipelines.prompts import PromptError, render_table_template
+from adacomed.pipelines.datasets.from_table import MappingError, build_from_table
+from adacomed.pipelines.datasets.prompts import PromptError, render_table_template
 
 TABLE = pd.DataFrame(
     {

@@ -17,8 +17,8 @@ from sklearn.metrics import roc_auc_score
 
 from adacomed.cache_schema import Manifest
 from adacomed.pipelines import demo_media
-from adacomed.pipelines.demo import DEMO_MODALITIES, build_demo_cohort, clinical_prompt
-from adacomed.pipelines.demo_records import ALARMING
+from adacomed.pipelines.datasets.demo import DEMO_MODALITIES, build_demo_cohort, clinical_prompt
+from adacomed.pipelines.datasets.demo_records import ALARMING
 
 SUBJECTS = 40
 PATH_MODALITIES = {"xray": "xray_path", "timeseries": "timeseries_path", "wsi": "wsi_path", "ct": "ct_path"}

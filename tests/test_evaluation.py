@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from adacomed.cache_schema.manifest import Manifest, ManifestInfo, SmallInput, TaskSpec
-from adacomed.pipelines.evaluation import (
+from adacomed.pipelines.suites.evaluation import (
     METRICS,
     applicable_baselines,
     binary_metrics,
@@ -119,7 +119,7 @@ def test_baseline_learns_and_report_names_the_best(tmp_path: Path):
 
 @pytest.mark.shared
 def test_clinical_baseline_on_real_mmist(mmist_root: Path, tmp_path: Path):
-    from adacomed.pipelines.mmist import build_mmist_cohort
+    from adacomed.pipelines.datasets.mmist import build_mmist_cohort
 
     manifest = Manifest.read(build_mmist_cohort(mmist_root, tmp_path, cohort="all"))
     folds = repeated_stratified_kfold(manifest, "vital12", n_splits=5, n_repeats=1, seed=0)
@@ -152,5 +152,6 @@ def test_metrics_are_the_trainers_under_the_report_names():
     y = np.array([0, 1, 1, 0, 1, 1])
     p = np.array([0.2, 0.7, 0.4, 0.4, 0.9, 0.6])
     ours, theirs = binary_metrics(y, p, 0.5), train_metrics(y, p, 0.5)
-    assert list(ours) == list(METRICS)
+    assert list(ours) == [*METRICS, "BalAcc"]
     assert [ours[k] for k in METRICS] == [theirs[k] for k in ("acc", "auroc", "auprc", "mAP", "mAR", "mF1")]
+    assert ours["BalAcc"] == theirs["bacc"] == theirs["mAR"]

@@ -12,12 +12,12 @@ import tomllib
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
+import adacomed.pipelines.suites.compare as experiments
 from adacomed.cache_schema import CacheDir, Fingerprint, Manifest
-from adacomed.pipelines import experiments
-from adacomed.pipelines.demo import build_demo_cohort
-from adacomed.pipelines.evaluation import METRICS, Fold, repeated_stratified_kfold, run_baselines
-from adacomed.pipelines.experiments import compare, fold_manifest, make_folds, run_adacomed_folds
-from adacomed.pipelines.experiments_cli import app
+from adacomed.pipelines.datasets.demo import build_demo_cohort
+from adacomed.pipelines.suites.cli import app
+from adacomed.pipelines.suites.compare import compare, fold_manifest, make_folds, run_adacomed_folds
+from adacomed.pipelines.suites.evaluation import METRICS, Fold, repeated_stratified_kfold, run_baselines
 
 TASK = "longstay"  # the demo's most balanced task: both classes in every fold's train, val and test part
 OVERRIDES = (

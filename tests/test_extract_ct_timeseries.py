@@ -18,8 +18,8 @@ from mimic_fixture import write_synthetic_mimic
 from adacomed.cache_schema import EmbeddingCache, Manifest, ManifestInfo, ModalitySource
 from adacomed.extract.readers.ct_volume import phantom_hu, write_dicom_series
 from adacomed.extract.runner import ExtractConfig, plan_job, run_local
-from adacomed.pipelines.demo import build_demo_cohort
-from adacomed.pipelines.mimic import build_mimic_iv_mm
+from adacomed.pipelines.datasets.demo import build_demo_cohort
+from adacomed.pipelines.datasets.mimic import build_mimic_iv_mm
 
 
 def extract(manifest: Path, cache: Path, modality: str, encoder: str, *extra: str) -> EmbeddingCache:

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from adacomed.cache_schema.manifest import Manifest
-from adacomed.pipelines.from_table import MappingError, assign_splits, build_from_table, load_mapping
+from adacomed.pipelines.datasets.from_table import MappingError, assign_splits, build_from_table, load_mapping
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "pipelines" / "templates" / "example_mapping.yaml"
+TEMPLATE = Path(__file__).resolve().parents[1] / "pipelines" / "datasets" / "templates" / "example_mapping.yaml"
 
 
 def _cohort(tmp_path: Path) -> Path:

@@ -19,11 +19,11 @@ from mimic_fixture import (
 )
 
 from adacomed.cache_schema import Manifest
-from adacomed.pipelines.mimic import build_mimic_iv_mm
-from adacomed.pipelines.mimic_cohort import label_admissions
-from adacomed.pipelines.mimic_media import clean_note, study_times
-from adacomed.pipelines.mimic_sources import MimicError
-from adacomed.pipelines.mimic_variables import DEFAULT_VARIABLES_DIR, load_variables
+from adacomed.pipelines.datasets.mimic import build_mimic_iv_mm
+from adacomed.pipelines.datasets.mimic.cohort import label_admissions
+from adacomed.pipelines.datasets.mimic.media import clean_note, study_times
+from adacomed.pipelines.datasets.mimic.sources import MimicError
+from adacomed.pipelines.datasets.mimic.variables import DEFAULT_VARIABLES_DIR, load_variables
 
 
 @pytest.fixture(scope="module")

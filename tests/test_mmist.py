@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 
 from adacomed.cache_schema.manifest import Manifest
-from adacomed.pipelines.mmist import (
+from adacomed.pipelines.datasets.mmist import (
     build_mmist_cohort,
     ct_feature_files,
     read_release,
     slide_file_names,
     wsi_feature_files,
 )
-from adacomed.pipelines.prompts import (
+from adacomed.pipelines.datasets.prompts import (
     DEFAULT_CODES,
     PromptError,
     load_codes,

@@ -86,7 +86,7 @@ def test_mmist_ct_cohort_trains_vital12_from_the_cache(mmist_root: Path, tmp_pat
     metrics = json.loads((run / "metrics.json").read_text())
     n_test = int((manifest.table.split == "test").sum())
     assert metrics["task"] == "vital12" and metrics["n"]["test"] == n_test
-    assert set(metrics["test"]["at_0.5"]) == {"acc", "auroc", "auprc", "mAP", "mAR", "mF1"}
+    assert set(metrics["test"]["at_0.5"]) == {"acc", "auroc", "auprc", "mAP", "mAR", "mF1", "bacc"}
     predictions = pd.read_parquet(run / "predictions.parquet")
     test = predictions[predictions.split == "test"]
     assert np.isclose(metrics["auroc"]["test"]["fused"], roc_auc_score(test.label, test.prob_fused))

@@ -92,10 +92,10 @@ def test_every_weighting_learns_and_writes_outputs(cohort, tmp_path, weighting):
     named |= {(run / "checkpoints" / entry["file"]).name for entry in small["files"].values()}
     assert {p.name for p in (run / "checkpoints" / "tensors").iterdir()} == named  # nothing unreferenced is left
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["test"]) == {"at_0.5", "at_val_threshold"}
+    assert set(metrics["test"]) == {"at_0.5", "at_val_threshold", "at_youden"}
     assert set(metrics["auroc"]["test"]) == {"fused", "large", "small", "small_model_stage_a"}
     predictions = pd.read_parquet(run / "predictions.parquet")
-    assert list(predictions.columns) == [
+    assert list(predictions.columns[:8]) == [
         "sample_id",
         "split",
         "label",
@@ -106,7 +106,7 @@ def test_every_weighting_learns_and_writes_outputs(cohort, tmp_path, weighting):
         "w_small",
     ]
     assert len(predictions) == N_SAMPLES - 2  # the two NaN labels are excluded
-    p = {c: torch.tensor(predictions[c].to_numpy(), dtype=torch.float64) for c in predictions.columns[3:]}
+    p = {c: torch.tensor(predictions[c].to_numpy(), dtype=torch.float64) for c in predictions.columns[3:8]}
     fused = torch.sigmoid(p["w_large"] * torch.logit(p["prob_large"]) + p["w_small"] * torch.logit(p["prob_small"]))
     assert np.allclose(predictions.prob_fused, fused.numpy(), atol=1e-4)  # sigmoid(w_L z_L + w_S z_S) per sample
     assert np.allclose(predictions.w_large + predictions.w_small, 1.0, atol=1e-5)

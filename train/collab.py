@@ -181,18 +181,21 @@ class CollaborativeModel(nn.Module):
         contrastive = torch.where(enough, (per_sample * valid).sum() / denominator, torch.zeros_like(denominator))
         return sim_mean, contrastive
 
-    def loss(self, out: CollabOutput, target: Tensor, pos_weight: float | None = None) -> dict[str, Tensor]:
-        """Listing 1: named losses, the weights and the fused logits of one batch."""
+    def loss(
+        self, out: CollabOutput, target: Tensor, pos_weight: float | None = None, focal_gamma: float = 0.0
+    ) -> dict[str, Tensor]:
+        """Listing 1: named losses, the weights and the fused logits of one batch (``focal_gamma`` > 0: the task
+        loss is the focal loss, an option beyond the paper)."""
         if self.weighting == "learnable":
             w_large, w_small = self.weights(out.large_logits.new_zeros(()))
             logits = self.fuse(out, w_large, w_small)
-            per_sample_task = task_loss(logits, target, pos_weight)
+            per_sample_task = task_loss(logits, target, pos_weight, focal_gamma)
             sim_mean, contrastive = self.contrastive(out)
         else:
             sim_mean, contrastive = self.contrastive(out)
             w_large, w_small = self.weights(sim_mean)
             logits = self.fuse(out, w_large, w_small)
-            per_sample_task = task_loss(logits, target, pos_weight)
+            per_sample_task = task_loss(logits, target, pos_weight, focal_gamma)
         task = per_sample_task.mean()
         return {
             "loss": task + self.preset.contrastive_weight * contrastive,

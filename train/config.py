@@ -71,7 +71,11 @@ SMALL_MODEL_FIELDS = (
     "small_weight_decay",
     "small_selection",
 )
+# Optimisation fields added after checkpoints of earlier versions were written: compared on --resume and part of
+# the small model's identity only when set away from their default, so those checkpoints still resume.
+OPTIONAL_FIELDS = {"loss": "bce"}
 SELECTIONS = ("val_loss", "val_auroc")
+LOSSES = ("bce", "focal")
 OPTIMIZERS = ("adam", "adamw")
 
 
@@ -112,6 +116,10 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | constant
     grad_clip: float = 0.0  # 0 = off
     pos_weight: str = "none"  # none | auto (negatives/positives on train) | a float
+    # Training loss of both stages: bce, or focal (BCE x (1 - p_t)^focal_gamma; pos_weight acts as its alpha).
+    # Model selection and the reported validation loss stay the fused prediction's BCE.
+    loss: str = "bce"
+    focal_gamma: float = 2.0  # used only with loss=focal
     # Which epoch's model is kept: val_loss (the fused prediction's validation BCE; steady with few positives)
     # or val_auroc (noisy when validation holds a dozen positives or negatives).
     selection: str = "val_loss"
@@ -144,6 +152,9 @@ class TrainConfig:
     # committed. A killed run loses at most this much work.
     checkpoint_seconds: float = 60.0
     plots: bool = True  # ROC/PR/weight PNGs in the run folder (experiment sweeps turn them off)
+    # Reporting only (never changes prob_fused): fit a temperature on the validation split's fused logits and add
+    # prob_calibrated, its metrics and ECE beside the raw ones.
+    temperature_scaling: bool = False
     # Overrides of the task preset's fields (contrastive_weight, proj_dim, ...); resolved by ``resolved_preset``.
     preset: dict[str, float] = field(default_factory=dict)
 
@@ -285,16 +296,30 @@ def fingerprint_dict(config: TrainConfig) -> dict[str, Any]:
     return json.loads(json.dumps(picked, sort_keys=True))
 
 
+def _optional_fields(config: TrainConfig) -> dict[str, Any]:
+    """The :data:`OPTIONAL_FIELDS` set away from their defaults (the focal loss with its gamma)."""
+    if config.loss == OPTIONAL_FIELDS["loss"]:
+        return {}
+    return {"loss": config.loss, "focal_gamma": config.focal_gamma}
+
+
 def optimisation_dict(config: TrainConfig) -> dict[str, Any]:
     """The optimisation-defining part of a config (compared on ``--resume``), JSON-normalised."""
     data = config.to_dict()
-    return json.loads(json.dumps({name: data[name] for name in OPTIMISATION_FIELDS}, sort_keys=True))
+    picked = {name: data[name] for name in OPTIMISATION_FIELDS} | _optional_fields(config)
+    return json.loads(json.dumps(picked, sort_keys=True))
 
 
 def small_model_dict(config: TrainConfig) -> dict[str, Any]:
     """What decides the small model a run trains (JSON-normalised): equal dicts, same data -> same small model."""
     data = config.to_dict()
-    return json.loads(json.dumps({name: data[name] for name in SMALL_MODEL_FIELDS}, sort_keys=True))
+    picked = {name: data[name] for name in SMALL_MODEL_FIELDS} | _optional_fields(config)
+    return json.loads(json.dumps(picked, sort_keys=True))
+
+
+def focal_gamma_of(config: TrainConfig) -> float:
+    """The focal exponent the training losses use: 0 (plain BCE) unless ``loss=focal``."""
+    return float(config.focal_gamma) if config.loss == "focal" else 0.0
 
 
 def check_choices(config: TrainConfig) -> None:
@@ -307,10 +332,13 @@ def check_choices(config: TrainConfig) -> None:
         "small_selection": SELECTIONS,
         "small_optimizer": OPTIMIZERS,
         "schedule": ("cosine", "constant"),
+        "loss": LOSSES,
     }
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
             raise ConfigError(f"{name} {getattr(config, name)!r} is not one of {list(allowed)}")
+    if config.loss == "focal" and not config.focal_gamma >= 0:
+        raise ConfigError(f"focal_gamma must be 0 or more, got {config.focal_gamma}")
     if config.small_ensemble < 1:
         raise ConfigError(f"small_ensemble must be at least 1, got {config.small_ensemble}")
     for name in ("task", "manifest", "cache", "out"):

@@ -37,7 +37,7 @@ from .checkpoint import (
     training_state,
 )
 from .collab import CollaborativeModel, CollabOutput
-from .config import TrainConfig, resolved_preset
+from .config import TrainConfig, focal_gamma_of, resolved_preset
 from .data import TaskData
 from .losses import task_loss
 from .metrics import binary_metrics
@@ -127,6 +127,7 @@ def evaluate(
         "large_logits": large_logits,
         "small_logits": small_logits,
         "prob_fused": torch.sigmoid(fused),
+        "fused_logits": fused,
         "w_large": float(weights[0]),
         "w_small": float(weights[1]),
         "sim_mean": float(sim_sum) / count,
@@ -166,7 +167,7 @@ def cotrain_epoch(
             group["lr"] = lr
         with autocast(device, amp):
             out = model(data.large_batch(idx), data.present[idx], small_feat[idx])
-            losses = model.loss(out, data.labels[idx], pos_weight)
+            losses = model.loss(out, data.labels[idx], pos_weight, focal_gamma_of(config))
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         if config.grad_clip > 0:

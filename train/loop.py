@@ -33,6 +33,7 @@ from .config import (
 from .cotrain import CHECKPOINT as COTRAIN_CHECKPOINT
 from .cotrain import MODEL_FILE, EpochHook, Outcome, build_model, cotrain_stage, evaluate, save_model
 from .data import describe, load_task_data
+from .diagnostics import attribution_columns
 from .mome import check_heads
 from .run_lock import RunLock
 from .runtime import CommitClock, RunContext, deterministic, parse_pos_weight, resolve_device, seed_everything
@@ -174,6 +175,8 @@ def finish(run: RunContext, model, small_feat, small_logits, outcome: Outcome) -
         split: evaluate(model, data, data.index[split], small_feat, config, run.pos_weight, run.amp, outcome.deployed)
         for split in ("train", "val", "test")
     }
+    for split, out in outputs.items():  # reporting only: a separate pass, the predictions above are unchanged
+        out["attribution"] = attribution_columns(model, data, data.index[split], small_feat, config.batch_size, run.amp)
     run.say("writing outputs")
     save_model(run.run_dir / MODEL_FILE, model, run, outcome)
     notes = {"selection": config.selection, "warnings": run_warnings(config)}

@@ -73,7 +73,18 @@ def contrastive_loss(
     return sim, loss
 
 
-def task_loss(logits: Tensor, target: Tensor, pos_weight: float | None = None) -> Tensor:
-    """Binary cross-entropy with logits per sample; ``pos_weight`` up-weights positives (class imbalance)."""
+def task_loss(logits: Tensor, target: Tensor, pos_weight: float | None = None, focal_gamma: float = 0.0) -> Tensor:
+    """Binary cross-entropy with logits per sample; ``pos_weight`` up-weights positives (class imbalance).
+
+    ``focal_gamma`` > 0 makes it the focal loss (Lin et al. 2017): each sample's BCE (with ``pos_weight``, which
+    plays the focal loss's alpha) times ``(1 - p_t) ** gamma``, so confidently right samples count less and the
+    rare class's hard cases more. 0 is plain BCE, computed exactly as before.
+    """
     weight = None if pos_weight is None else logits.new_tensor(float(pos_weight))
-    return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=weight, reduction="none")
+    target = target.to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight, reduction="none")
+    if not focal_gamma:
+        return bce
+    prob = torch.sigmoid(logits)
+    p_t = torch.where(target > 0.5, prob, 1.0 - prob)
+    return (1.0 - p_t).clamp(min=0.0) ** focal_gamma * bce

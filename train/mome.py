@@ -81,6 +81,10 @@ class MoME(nn.Module):
         self.output = nn.Linear(flat_dim, d_small) if flat_dim != d_small else nn.Identity()
         self.last_empty: Tensor | None = None
         self.last_router_weights: Tensor | None = None
+        # Attribution passes (never training) set this to keep the attention across modalities of the last batch:
+        # ``last_attention`` [B, M query, M key], averaged over heads.
+        self.record_attention = False
+        self.last_attention: Tensor | None = None
 
     @property
     def n_experts(self) -> int:
@@ -108,7 +112,10 @@ class MoME(nn.Module):
         empty = ~present.any(dim=1)  # [B]
         # An all-masked row would give NaN attention; let empty samples attend to their zero tokens instead.
         key_padding = ~present & ~empty[:, None]
-        attended, _ = self.attention(tokens, tokens, tokens, key_padding_mask=key_padding, need_weights=False)
+        attended, attention = self.attention(
+            tokens, tokens, tokens, key_padding_mask=key_padding, need_weights=self.record_attention
+        )
+        self.last_attention = attention.detach() if attention is not None else None
         tokens = self.attention_norm(tokens + attended) * present[..., None]
         flat = tokens.flatten(1)  # [B, M * token_dim]
 

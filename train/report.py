@@ -22,9 +22,18 @@ from rich.console import Console
 from rich.table import Table
 
 from ..cache_schema.atomic import atomic_write_bytes, atomic_write_json
-from .metrics import METRIC_NAMES, binary_metrics, choose_threshold
+from .diagnostics import (
+    attribution_plot,
+    attribution_table,
+    calibrated_metrics,
+    calibration_summary,
+    fit_temperature,
+    path_shares,
+    reliability_plot,
+)
+from .metrics import EXTRA_METRIC_NAMES, METRIC_NAMES, binary_metrics, choose_threshold, youden_threshold
 
-PLOTS = ("roc.png", "pr.png", "weights.png")
+PLOTS = ("roc.png", "pr.png", "weights.png", "reliability.png", "attribution.png")
 SELECTION_WORDS = {
     "val_loss": "lowest validation loss (BCE of the fused prediction)",
     "val_auroc": "highest validation AUROC",
@@ -53,24 +62,34 @@ def _auroc(labels: np.ndarray, prob: np.ndarray) -> float:
 
 
 def build_predictions(data: Any, outputs: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """One row per labelled sample: label, the three probabilities and the fusion weights its split used."""
+    """One row per labelled sample: label, the three probabilities and the fusion weights its split used; then
+    the attribution columns (:mod:`adacomed.train.diagnostics`): both paths' logits, the large path's share of
+    the fused logit, router weights per expert, router share and attention received per modality."""
     frames = []
     for split, out in outputs.items():
         idx = data.index[split].cpu().numpy()
-        frames.append(
-            pd.DataFrame(
-                {
-                    "sample_id": [data.sample_ids[i] for i in idx],
-                    "split": split,
-                    "label": data.labels.cpu().numpy()[idx].astype(np.float32),
-                    "prob_large": torch.sigmoid(out["large_logits"]).cpu().numpy().astype(np.float32),
-                    "prob_small": torch.sigmoid(out["small_logits"]).cpu().numpy().astype(np.float32),
-                    "prob_fused": out["prob_fused"].float().cpu().numpy().astype(np.float32),
-                    "w_large": np.float32(out["w_large"]),
-                    "w_small": np.float32(out["w_small"]),
-                }
-            )
+        frame = pd.DataFrame(
+            {
+                "sample_id": [data.sample_ids[i] for i in idx],
+                "split": split,
+                "label": data.labels.cpu().numpy()[idx].astype(np.float32),
+                "prob_large": torch.sigmoid(out["large_logits"]).cpu().numpy().astype(np.float32),
+                "prob_small": torch.sigmoid(out["small_logits"]).cpu().numpy().astype(np.float32),
+                "prob_fused": out["prob_fused"].float().cpu().numpy().astype(np.float32),
+                "w_large": np.float32(out["w_large"]),
+                "w_small": np.float32(out["w_small"]),
+            }
         )
+        if "attribution" in out:
+            available = data.present[data.index[split]].bool().any(1)
+            frame["logit_large"] = out["large_logits"].float().cpu().numpy().astype(np.float32)
+            frame["logit_small"] = out["small_logits"].float().cpu().numpy().astype(np.float32)
+            frame["share_large"] = path_shares(
+                out["large_logits"], out["small_logits"], out["w_large"], out["w_small"], available
+            )
+            for name, values in out["attribution"].items():
+                frame[name] = values
+        frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -89,6 +108,7 @@ def build_metrics(
     val = predictions[predictions.split == "val"]
     test = predictions[predictions.split == "test"]
     threshold = choose_threshold(val.label.to_numpy(), val.prob_fused.to_numpy())
+    youden = youden_threshold(val.label.to_numpy(), val.prob_fused.to_numpy())
     per_path = {}
     for split, frame in (("val", val), ("test", test)):
         y = frame.label.to_numpy()
@@ -106,13 +126,16 @@ def build_metrics(
         "selection": (notes or {}).get("selection", "val_loss"),
         "warnings": list((notes or {}).get("warnings", [])),
         "val_threshold": threshold,
+        "thresholds": {"max_f1": threshold, "youden": youden},
         "test": {
             "at_0.5": binary_metrics(test.label, test.prob_fused, 0.5),
             "at_val_threshold": binary_metrics(test.label, test.prob_fused, threshold),
+            "at_youden": binary_metrics(test.label, test.prob_fused, youden),
         },
         "val": {
             "at_0.5": binary_metrics(val.label, val.prob_fused, 0.5),
             "at_val_threshold": binary_metrics(val.label, val.prob_fused, threshold),
+            "at_youden": binary_metrics(val.label, val.prob_fused, youden),
         },
         "auroc": per_path,
         "deployed_weights": {"w_large": w_large, "w_small": w_small},
@@ -128,6 +151,13 @@ def _png(fig: Any) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     return buffer.getvalue()
+
+
+def _write_figure(path: Path, fig: Any) -> None:
+    import matplotlib.pyplot as plt
+
+    atomic_write_bytes(path, _png(fig))
+    plt.close(fig)
 
 
 def write_plots(run_dir: Path, predictions: pd.DataFrame, history: list[dict[str, Any]]) -> None:
@@ -172,20 +202,71 @@ def write_plots(run_dir: Path, predictions: pd.DataFrame, history: list[dict[str
     plt.close(fig)
 
 
+TABLE_NAMES = METRIC_NAMES + EXTRA_METRIC_NAMES
+
+
+def _threshold_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """(row label, key of metrics['test']) for 0.5, the validation-chosen thresholds and the calibrated one."""
+    rows = [("0.5", "at_0.5"), (f"val max-F1 {metrics['val_threshold']:.3f}", "at_val_threshold")]
+    if "at_youden" in metrics["test"]:
+        rows.append((f"val Youden {metrics['thresholds']['youden']:.3f}", "at_youden"))
+    if "calibrated_at_0.5" in metrics["test"]:
+        rows.append((f"0.5 after T={metrics['calibration']['temperature']:.3f}", "calibrated_at_0.5"))
+    return rows
+
+
 def metrics_table(metrics: dict[str, Any], title: str = "test metrics") -> Table:
     table = Table(title=title)
     table.add_column("threshold")
-    for name in METRIC_NAMES:
+    for name in TABLE_NAMES:
         table.add_column(name, justify="right")
-    for label, key in (("0.5", "at_0.5"), (f"val-chosen {metrics['val_threshold']:.3f}", "at_val_threshold")):
-        table.add_row(label, *(_fmt(metrics["test"][key][m]) for m in METRIC_NAMES))
+    for label, key in _threshold_rows(metrics):
+        table.add_row(label, *(_fmt(metrics["test"][key].get(m)) for m in TABLE_NAMES))
     return table
 
 
+def _beyond_the_paper(metrics: dict[str, Any], plots: bool) -> list[str]:
+    """Calibration and attribution sections (absent from metrics written before they existed)."""
+    lines: list[str] = []
+    calibration = metrics.get("calibration")
+    if calibration:
+        ece = calibration["ece"]
+        bins = calibration["n_bins"]
+        text = f"Expected calibration error ({bins} bins): val {_fmt(ece['val'])}, test {_fmt(ece['test'])}"
+        if calibration.get("temperature") is not None:
+            after = calibration["ece_calibrated"]
+            text += (
+                f"; after temperature scaling fitted on validation (T = {calibration['temperature']:.3f}): "
+                f"val {_fmt(after['val'])}, test {_fmt(after['test'])}"
+            )
+        lines += ["## Calibration", "", text + ".", ""]
+        if plots:
+            lines += ["![reliability](reliability.png)", ""]
+    table = metrics.get("attribution")
+    if table:
+        columns = [c for c in table[0] if c not in ("class", "n")]
+        lines += [
+            "## Modality attribution (test split, mean per class)",
+            "",
+            "share_large: the large path's share of the fused logit; router_share: MoME's router weight of each "
+            "modality (an expert's weight split over its modalities); attention: attention its token receives. "
+            "Per-sample values are in `predictions.parquet`, this table in `attribution.csv`.",
+            "",
+            "| class | n | " + " | ".join(columns) + " |",
+            "|---" * (len(columns) + 2) + "|",
+        ]
+        for row in table:
+            lines.append(f"| {row['class']} | {row['n']} | " + " | ".join(_fmt(row[c]) for c in columns) + " |")
+        lines.append("")
+        if plots:
+            lines += ["![attribution](attribution.png)", ""]
+    return lines
+
+
 def report_markdown(metrics: dict[str, Any], plots: bool = True) -> str:
-    rows = ["| threshold | " + " | ".join(METRIC_NAMES) + " |", "|---" * (len(METRIC_NAMES) + 1) + "|"]
-    for label, key in (("0.5", "at_0.5"), (f"val-chosen ({metrics['val_threshold']:.3f})", "at_val_threshold")):
-        rows.append(f"| {label} | " + " | ".join(_fmt(metrics["test"][key][m]) for m in METRIC_NAMES) + " |")
+    rows = ["| threshold | " + " | ".join(TABLE_NAMES) + " |", "|---" * (len(TABLE_NAMES) + 1) + "|"]
+    for label, key in _threshold_rows(metrics):
+        rows.append(f"| {label} | " + " | ".join(_fmt(metrics["test"][key].get(m)) for m in TABLE_NAMES) + " |")
     paths = metrics["auroc"]
     auroc_rows = [
         "| split | fused | large | small (co-trained head) | small model (stage a) |",
@@ -233,6 +314,7 @@ def report_markdown(metrics: dict[str, Any], plots: bool = True) -> str:
                 if plots
                 else []
             ),
+            *_beyond_the_paper(metrics, plots),
         ]
     )
 
@@ -251,7 +333,22 @@ def write_outputs(
     """Write predictions, metrics, history, plots and report.md; print the metrics table."""
     predictions = build_predictions(data, outputs)
     small_prob = {s: torch.sigmoid(small_logits[data.index[s]]).cpu().numpy() for s in ("val", "test")}
-    metrics = _clean(build_metrics(config, predictions, outputs, small_prob, best_epoch, notes))
+    metrics = build_metrics(config, predictions, outputs, small_prob, best_epoch, notes)
+    temperature = None
+    if getattr(config, "temperature_scaling", False) and "fused_logits" in outputs.get("val", {}):
+        val = outputs["val"]
+        temperature = fit_temperature(
+            val["fused_logits"].float().cpu().numpy(), predictions.label[predictions.split == "val"]
+        )
+        logits = np.concatenate([outputs[s]["fused_logits"].float().cpu().numpy() for s in outputs])
+        predictions["prob_calibrated"] = (1.0 / (1.0 + np.exp(-logits / temperature))).astype(np.float32)
+        metrics["test"]["calibrated_at_0.5"] = calibrated_metrics(predictions)
+    metrics["calibration"] = calibration_summary(predictions, temperature)
+    attribution = attribution_table(predictions) if "share_large" in predictions.columns else None
+    if attribution is not None:
+        metrics["attribution"] = attribution.to_dict(orient="records")
+        atomic_write_bytes(run_dir / "attribution.csv", attribution.to_csv(index=False).encode())
+    metrics = _clean(metrics)
     buffer = io.BytesIO()
     predictions.to_parquet(buffer, index=False)
     atomic_write_bytes(run_dir / "predictions.parquet", buffer.getvalue())
@@ -260,6 +357,9 @@ def write_outputs(
     plots = getattr(config, "plots", True)
     if plots:
         write_plots(run_dir, predictions, history)
+        _write_figure(run_dir / "reliability.png", reliability_plot(predictions, temperature is not None))
+        if attribution is not None:
+            _write_figure(run_dir / "attribution.png", attribution_plot(attribution))
     atomic_write_bytes(run_dir / "report.md", report_markdown(metrics, plots).encode())
     console.print(metrics_table(metrics, f"{config.task} / {config.weighting}: test metrics"))
     console.print(

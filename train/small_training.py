@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 
 from ..cache_schema.atomic import atomic_write_bytes, atomic_write_json
 from .checkpoint import commit_checkpoint, encode_tensors, load_checkpoint, restore_training_state, training_state
+from .config import focal_gamma_of
 from .data import TaskData
 from .losses import task_loss
 from .metrics import binary_metrics
@@ -112,7 +113,8 @@ def _train_epoch(run: RunContext, model: SmallModel, optimizer: torch.optim.Opti
     total, count = torch.zeros((), device=run.device), 0
     for idx in batches(data.index["train"], config.small_batch_size, epoch_generator(seed, STAGE_SMALL, epoch)):
         with autocast(run.device, run.amp):
-            loss = task_loss(model(data.small_batch(idx)).float(), data.labels[idx], run.pos_weight).mean()
+            logits = model(data.small_batch(idx)).float()
+            loss = task_loss(logits, data.labels[idx], run.pos_weight, focal_gamma_of(run.config)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cache_schema.manifest import Manifest, ManifestInfo, ModalitySource, SmallInput, TaskSpec
+from ...cache_schema.manifest import Manifest, ManifestInfo, ModalitySource, SmallInput, TaskSpec
 from .prompts import load_codes, load_template, normalise_code, render_prompt
 
 log = logging.getLogger(__name__)

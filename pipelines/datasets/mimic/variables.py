@@ -1,4 +1,4 @@
-"""The editable variable lists of the MIMIC-IV-MM time series (``pipelines/variables/*.csv``).
+"""The editable variable lists of the MIMIC-IV-MM time series (``pipelines/datasets/mimic/variables/*.csv``).
 
 Three files name which MIMIC-IV items become time-series channels:
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .mimic_sources import MimicError
+from .sources import MimicError
 
 DEFAULT_VARIABLES_DIR = Path(__file__).resolve().parent / "variables"
 EVENT_KINDS = ("numerical", "categorical")
@@ -134,7 +134,7 @@ def _read_admission_types(path: Path) -> tuple[frozenset[str], frozenset[str]]:
 
 
 def load_variables(variables_dir: Path | None = None) -> VariableSet:
-    """Read the four lists from ``variables_dir`` (default: the shipped ``pipelines/variables``).
+    """Read the four lists from ``variables_dir`` (default: the shipped ``pipelines/datasets/mimic/variables``).
 
     Raises:
         MimicError: a file is missing or malformed (the message names the file and line), or one channel name

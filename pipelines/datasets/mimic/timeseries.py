@@ -28,10 +28,10 @@ import numpy as np
 import pandas as pd
 from rich.progress import Progress
 
-from ..cache_schema.atomic import atomic_write_bytes
-from .mimic_cohort import AGE_LEVELS
-from .mimic_sources import MimicIVTables, parse_mimic_times, read_csv_chunks
-from .mimic_variables import EventItem, VariableSet
+from ....cache_schema.atomic import atomic_write_bytes
+from .cohort import AGE_LEVELS
+from .sources import MimicIVTables, parse_mimic_times, read_csv_chunks
+from .variables import EventItem, VariableSet
 
 DEMOGRAPHIC_CHANNELS = ("age_bin", "gender_male")
 EVENT_COLUMNS = ["hadm_id", "itemid", "charttime", "value", "valuenum"]

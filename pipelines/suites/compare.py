@@ -36,11 +36,11 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..cache_schema import Manifest
-from ..cache_schema.atomic import atomic_write_json, atomic_write_text
-from ..train.config import TrainConfig, apply_overrides, resolved_dict, small_model_dict
-from ..train.loop import run_warnings, train_run, train_small_model
-from ..train.report import SELECTION_WORDS
+from ...cache_schema import Manifest
+from ...cache_schema.atomic import atomic_write_json, atomic_write_text
+from ...train.config import TrainConfig, apply_overrides, resolved_dict, small_model_dict
+from ...train.loop import run_warnings, train_run, train_small_model
+from ...train.report import SELECTION_WORDS
 from .evaluation import (
     BASELINES,
     Fold,
@@ -170,7 +170,11 @@ def _run_fold(
     if metrics_path.exists():
         previous = _comparable(tomllib.loads((run_dir / "config.toml").read_text()))
         wanted = _comparable(resolved_dict(config))
-        changed = sorted(k for k in set(previous) | set(wanted) if previous.get(k) != wanted.get(k))
+        # A field added to the config after the run finished counts as its default (what that run did).
+        defaults = _comparable(resolved_dict(TrainConfig()))
+        changed = sorted(
+            k for k in set(previous) | set(wanted) if previous.get(k, defaults.get(k)) != wanted.get(k, defaults.get(k))
+        )
         if changed:
             raise ValueError(
                 f"{run_dir} finished with other settings ({', '.join(changed)} differ); choose another output folder"
@@ -182,7 +186,9 @@ def _run_fold(
     atomic_write_json(record_path, record)
     with open(fold_dir / "train.log", "a", encoding="utf-8") as log:
         console = Console(file=log, width=160)
-        if shared:  # stage (a) once per fold, shared by every variant (it does not depend on co-training settings)
+        # Stage (a) once per fold, shared by every variant (it does not depend on co-training settings); a finished
+        # one is only read, so runs sharing it may run at once (a suite trains its small models first).
+        if shared and not Path(config.small_checkpoint).exists():
             small_dir = Path(config.small_checkpoint).parent
             train_small_model(dataclasses.replace(config, out=str(small_dir)), console=console, manifest=copy)
         result = train_run(dataclasses.replace(config, resume=True), console=console, manifest=copy)

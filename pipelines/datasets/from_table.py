@@ -59,7 +59,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ..cache_schema.manifest import (
+from ...cache_schema.manifest import (
     POINTER_KINDS,
     SMALL_KINDS,
     Manifest,
@@ -68,7 +68,7 @@ from ..cache_schema.manifest import (
     SmallInput,
     TaskSpec,
 )
-from ..cache_schema.splits import split_subjects
+from ...cache_schema.splits import split_subjects
 from .prompts import PromptError, prompts_from_mapping
 
 log = logging.getLogger(__name__)

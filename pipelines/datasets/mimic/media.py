@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .mimic_sources import MimicError, parse_mimic_times, read_csv_chunks
+from .sources import MimicError, parse_mimic_times, read_csv_chunks
 
 CXR_COLUMNS = ["dicom_id", "subject_id", "study_id", "ViewPosition", "StudyDate", "StudyTime"]
 NOTE_COLUMNS = ["note_id", "subject_id", "hadm_id", "note_seq", "charttime", "text"]

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..cache_schema.atomic import atomic_write_bytes, atomic_write_json
+from ....cache_schema.atomic import atomic_write_bytes, atomic_write_json
 
 TASK_NAMES = ("mortality", "longstay", "readmission")
 # Supplement Table 4 (subjects per task and positive:negative ratio).

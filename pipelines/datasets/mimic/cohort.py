@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..cache_schema.splits import split_subjects
-from .mimic_sources import MimicError, MimicIVTables, parse_mimic_times, read_csv_table
-from .mimic_variables import VariableSet
+from ....cache_schema.splits import split_subjects
+from .sources import MimicError, MimicIVTables, parse_mimic_times, read_csv_table
+from .variables import VariableSet
 
 ADMISSION_COLUMNS = [
     "subject_id",

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 from rich.progress import Progress
 
-from ..cache_schema import Manifest, ManifestInfo, ModalitySource, SmallInput, TaskSpec
-from ..cache_schema.splits import split_subjects
+from ...cache_schema import Manifest, ManifestInfo, ModalitySource, SmallInput, TaskSpec
+from ...cache_schema.splits import split_subjects
 from . import demo_media as media
 from .demo_records import RACE_COLUMNS, clinical_table, progress_note
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cache_schema import Manifest, ManifestInfo, ModalitySource, SmallInput, TaskSpec
-from .mimic_cohort import (
+from ....cache_schema import Manifest, ManifestInfo, ModalitySource, SmallInput, TaskSpec
+from .cohort import (
     AGE_LEVELS,
     STATIC_CATEGORICAL,
     CohortCounts,
@@ -30,17 +30,17 @@ from .mimic_cohort import (
     load_patients,
     select_cohort,
 )
-from .mimic_media import MediaStats, collect_notes, select_xrays
-from .mimic_sources import (
+from .media import MediaStats, collect_notes, select_xrays
+from .sources import (
     MimicError,
     locate_mimic_cxr,
     locate_mimic_iv,
     locate_mimic_note,
     read_csv_table,
 )
-from .mimic_summary import write_summary
-from .mimic_timeseries import collect_events, write_grids
-from .mimic_variables import check_against_dictionaries, load_variables
+from .summary import write_summary
+from .timeseries import collect_events, write_grids
+from .variables import check_against_dictionaries, load_variables
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def build_mimic_iv_mm(
         xray: ``"last"`` (default) or ``"first"`` study of the window.
         chunksize: rows per chunk when streaming the large tables.
         variables_dir: folder with edited ``vitals.csv``, ``labs.csv``, ``procedures.csv``,
-            ``admission_types.csv`` (default: the shipped ``pipelines/variables``).
+            ``admission_types.csv`` (default: the shipped ``pipelines/datasets/mimic/variables``).
         require_all_modalities: keep only admissions with an X-ray, a note and charted events in the window
             (the paper's three-modality cohort). By default admissions keep empty pointers for what is missing.
         note_types: which MIMIC-IV-Note tables to read. Default radiology only: discharge summaries are charted
